@@ -1,0 +1,39 @@
+"""The core's only outputs. The I/O layer performs them; the core never does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from resolver.registry.model import Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send `wire` back to the client. `outcome` names the rule that produced it (metrics, logs)."""
+
+    wire: bytes
+    outcome: str = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Ask the upstreams. `question` is the question section as the client wrote it (name, type,
+    class); `key` its lower-cased form; `max_size` the largest reply the client accepts."""
+
+    query: bytes
+    question: bytes
+    key: bytes
+    qtype: int
+    upstreams: tuple[Upstream, ...]
+    max_size: int
+    edns: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Send nothing: the datagram cannot be answered (too short, or itself a response)."""
+
+    reason: str
+
+
+Action = Reply | Forward | Drop

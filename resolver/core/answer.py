@@ -1,0 +1,230 @@
+"""The answering core's entry point: `respond(wire, view, cache, now, transport) -> Action`.
+
+Order of rules (RFC 8906 section 3, DESIGN section 4):
+  1. shorter than a header, or QR set: drop;
+  2. opcode other than QUERY: NOTIMP, header only;
+  3. not exactly one question, any answer/authority record, a bad question or trailing bytes: FORMERR;
+  4. EDNS version above 0: BADVERS; an OPT in the reply only when the query had one (payload 1232, DO
+     echoed, no options);
+  5. class other than IN: REFUSED; zone transfers NOTIMP; other meta types REFUSED;
+  6. a local name or a name under a network domain: answered here, never forwarded;
+  7. a sandbox on internal networks only: REFUSED with RA clear; a cached forwarded answer; no upstream:
+     SERVFAIL; otherwise Forward.
+UDP replies larger than the client's limit (512 without EDNS) are truncated with TC; TCP never is.
+The fast path answers plain A/AAAA/PTR queries for local names from prepared bytes, identically.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Literal, Protocol
+
+import dns.exception
+import dns.message
+
+from resolver.core import wire as w
+from resolver.core.actions import Action, Drop, Forward, Reply
+from resolver.core.local import LocalAnswer, Prepared, prepared
+from resolver.registry.view import NameTable, View
+
+Transport = Literal["udp", "tcp"]
+TCP_LIMIT = 65535
+PLAIN_HEADER_TAIL = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+QCLASS_IN = b"\x00\x01"
+
+
+class ForwardCache(Protocol):
+    """A cache of forwarded answers; returns a whole reply for the client or None."""
+
+    def lookup(self, forward: Forward, query: bytes, now: float) -> bytes | None: ...
+
+
+class _Edns:
+    __slots__ = ("do", "payload")
+
+    def __init__(self, payload: int, do: bool) -> None:
+        self.payload = payload
+        self.do = do
+
+
+def fast_reply(wire: bytes, table: NameTable) -> bytes | None:
+    """Answer a plain query for a prepared local name, or None to take the general path."""
+    if len(wire) < 17 or wire[4:12] != PLAIN_HEADER_TAIL or wire[2] & 0xFE or wire[3] & 0xDF:
+        return None
+    if wire[-2:] != QCLASS_IN:
+        return None
+    entry = table.fast.get(wire[12:-2].lower())
+    return None if entry is None else entry.fast_reply(wire)
+
+
+def respond(
+    wire: bytes, view: View, cache: ForwardCache | None, now: float, transport: Transport = "udp"
+) -> Action:
+    """Decide what to do with one query datagram or TCP message from a sandbox."""
+    reply = fast_reply(wire, view.table)
+    if reply is not None:
+        return Reply(reply)
+    return _general(wire, view, cache, now, transport)
+
+
+def _general(wire: bytes, view: View, cache: ForwardCache | None, now: float, transport: Transport) -> Action:
+    if len(wire) < 12:
+        return Drop("shorter than a DNS header")
+    flags = w.query_flags(wire)
+    if flags & w.QR:
+        return Drop("a response, not a query")
+    if flags & w.OPCODE_MASK:
+        return Reply(w.header_only(wire, flags & w.OPCODE_MASK, w.NOTIMP), "notimp")
+    qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHH", wire, 4)
+    if qdcount != 1 or ancount or nscount:
+        return _formerr(wire, flags)
+    try:
+        question = w.read_question(wire)
+        edns = _read_edns(wire, question, arcount)
+    except w.WireError:
+        return _formerr(wire, flags)
+    return _answer(wire, flags, question, edns, view, cache, now, transport)
+
+
+def _formerr(wire: bytes, flags: int) -> Reply:
+    return Reply(w.header_only(wire, flags & w.RD, w.FORMERR), "formerr")
+
+
+def _read_edns(wire: bytes, question: w.Question, arcount: int) -> _Edns | int | None:
+    """EDNS of the query: None without OPT, an _Edns, or the EDNS version when it is not 0."""
+    if arcount == 0:
+        if question.end != len(wire):
+            raise w.WireError("trailing bytes after the question")
+        return None
+    try:
+        message = dns.message.from_wire(wire)
+    except (dns.exception.DNSException, ValueError, TypeError, IndexError, KeyError, struct.error) as exc:
+        raise w.WireError(str(exc)) from None
+    if message.edns < 0:
+        return None
+    if message.edns > 0:
+        return message.edns
+    return _Edns(max(512, message.payload), bool(message.ednsflags & w.DO_FLAG))
+
+
+def _answer(
+    wire: bytes,
+    flags: int,
+    question: w.Question,
+    edns: _Edns | int | None,
+    view: View,
+    cache: ForwardCache | None,
+    now: float,
+    transport: Transport,
+) -> Action:
+    table = view.table
+    reply = _Replier(wire, flags, question, edns, transport, table.may_forward)
+    if isinstance(edns, int):
+        return reply.badvers()
+    if question.qclass != w.CLASS_IN:
+        return reply.error(w.REFUSED, "refused-class", recursion=False)
+    if question.qtype in (w.AXFR, w.IXFR):
+        return reply.error(w.NOTIMP, "notimp-transfer")
+    if question.qtype in (w.OPT, w.MAILA, w.MAILB):
+        return reply.error(w.REFUSED, "refused-type")
+    local = prepared(table, question.key, question.qtype)
+    if local is not None:
+        return reply.local(local)
+    if not table.may_forward:
+        return reply.error(w.REFUSED, "refused-internal", recursion=False)
+    forward = Forward(
+        query=wire,
+        question=question.wire,
+        key=question.key,
+        qtype=question.qtype,
+        upstreams=view.upstreams,
+        max_size=reply.max_size,
+        edns=edns is not None,
+    )
+    cached = cache.lookup(forward, wire, now) if cache is not None else None
+    if cached is not None:
+        return Reply(cached, "cache")
+    if not view.upstreams:
+        return reply.error(w.SERVFAIL, "no-upstream")
+    return forward
+
+
+class _Replier:
+    """Encodes the replies of one query: header flags, question echo, OPT and truncation."""
+
+    __slots__ = ("edns", "flags", "max_size", "may_forward", "question", "wire")
+
+    def __init__(
+        self,
+        wire: bytes,
+        flags: int,
+        question: w.Question,
+        edns: _Edns | int | None,
+        transport: Transport,
+        may_forward: bool,
+    ) -> None:
+        self.wire = wire
+        self.flags = flags & (w.RD | w.CD)
+        self.question = question
+        self.edns = edns if isinstance(edns, _Edns) else None
+        self.may_forward = may_forward
+        if transport == "tcp":
+            self.max_size = TCP_LIMIT
+        else:
+            self.max_size = min(self.edns.payload, TCP_LIMIT) if self.edns else 512
+
+    def _opt(self, ext_rcode: int = 0) -> bytes:
+        if self.edns is None:
+            return b""
+        return w.encode_opt(ext_rcode=ext_rcode, do=self.edns.do)
+
+    def _flags(self, extra: int, recursion: bool) -> int:
+        return w.QR | self.flags | extra | (w.RA if recursion and self.may_forward else 0)
+
+    def local(self, local: Prepared | LocalAnswer) -> Reply:
+        if isinstance(local, Prepared):
+            answer, turn = local.answer, local.next_turn()
+        else:
+            answer, turn = local, 0
+        flags = self._flags(w.AA | answer.rcode, recursion=True)
+        return Reply(self._assemble(flags, answer, turn), answer.rule)
+
+    def error(self, rcode: int, outcome: str, recursion: bool = True) -> Reply:
+        return Reply(self._assemble(self._flags(rcode, recursion), LocalAnswer(rcode), 0), outcome)
+
+    def badvers(self) -> Reply:
+        opt = w.encode_opt(ext_rcode=w.BADVERS >> 4)
+        header = struct.pack("!HHHHH", self._flags(0, True), 1, 0, 0, 1)
+        return Reply(self.wire[:2] + header + self.question.wire + opt, "badvers")
+
+    def _assemble(self, flags: int, answer: LocalAnswer, turn: int) -> bytes:
+        records = answer.records(turn)
+        opt = self._opt()
+        message = self._message(flags, records, answer.authority, answer.additional, opt)
+        if len(message) <= self.max_size:
+            return message
+        message = self._message(flags, records, answer.authority, (), opt)
+        if len(message) <= self.max_size:
+            return message
+        return self._truncated(flags, records, opt)
+
+    def _message(
+        self,
+        flags: int,
+        records: list[bytes],
+        authority: tuple[bytes, ...],
+        additional: tuple[bytes, ...],
+        opt: bytes,
+    ) -> bytes:
+        counts = struct.pack("!HHHHH", flags, 1, len(records), len(authority), len(additional) + bool(opt))
+        return b"".join((self.wire[:2], counts, self.question.wire, *records, *authority, *additional, opt))
+
+    def _truncated(self, flags: int, records: list[bytes], opt: bytes) -> bytes:
+        room = self.max_size - 12 - len(self.question.wire) - len(opt)
+        kept: list[bytes] = []
+        for record in records:
+            if len(record) > room:
+                break
+            kept.append(record)
+            room -= len(record)
+        return self._message(flags | w.TC, kept, (), (), opt)

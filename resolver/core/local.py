@@ -1,0 +1,169 @@
+"""Local answers: what a view's registered names say for a question, and their prepared wire forms.
+
+Rules (DESIGN section 4): a registered name answers its records; a registered name without a record of
+the asked type answers NODATA with the zone's SOA; a name under a network domain that is not registered
+answers NXDOMAIN with the SOA; the domain apex answers SOA and NS. Every local answer is authoritative
+and carries the network's TTL. Multi-record answers rotate: each query starts one position further.
+
+`Prepared` entries are memoised per name table and hold the rotation counter, so the fast path and the
+general path share one rotation and produce the same bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from resolver.core import wire as w
+from resolver.registry.view import NameData, NameTable, SrvTarget, Zone
+
+SOA_TIMERS = (3600, 600, 86400)
+MEMO_TYPES = frozenset({w.A, w.AAAA, w.PTR, w.SRV, w.ANY, w.SOA, w.NS})
+FAST_TYPES = frozenset({w.A, w.AAAA, w.PTR})
+PLAIN_UDP_LIMIT = 512
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAnswer:
+    """An answer in wire pieces: answer groups (each rotated on its own), authority, additional."""
+
+    rcode: int
+    groups: tuple[tuple[bytes, ...], ...] = ()
+    authority: tuple[bytes, ...] = ()
+    additional: tuple[bytes, ...] = ()
+    rule: str = "local"
+
+    @property
+    def rotations(self) -> int:
+        return max((len(g) for g in self.groups), default=1) or 1
+
+    def records(self, turn: int) -> list[bytes]:
+        out: list[bytes] = []
+        for group in self.groups:
+            start = turn % len(group)
+            out += group[start:]
+            out += group[:start]
+        return out
+
+
+def soa_record(zone: Zone, owner: bytes | None = None) -> bytes:
+    apex = w.encode_name(zone.apex)
+    rdata = apex + w.encode_name(f"hostmaster.{zone.apex}") + struct.pack("!IIIII", 1, *SOA_TIMERS, zone.ttl)
+    return w.encode_rr(owner or apex, w.SOA, zone.ttl, rdata)
+
+
+def nodata(zone: Zone, rule: str = "nodata") -> LocalAnswer:
+    return LocalAnswer(w.NOERROR, authority=(soa_record(zone),), rule=rule)
+
+
+def nxdomain(zone: Zone) -> LocalAnswer:
+    return LocalAnswer(w.NXDOMAIN, authority=(soa_record(zone),), rule="nxdomain")
+
+
+def _address_records(rtype: int, addresses: list, ttl: int) -> tuple[bytes, ...]:
+    return tuple(w.encode_rr(w.QUESTION_POINTER, rtype, ttl, a.packed) for a in addresses)
+
+
+def _srv_parts(targets: list[SrvTarget], ttl: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    records: list[bytes] = []
+    glue: dict[bytes, None] = {}
+    for target in targets:
+        name = w.encode_name(target.target)
+        rdata = struct.pack("!HHH", 0, 0, target.port) + name
+        records.append(w.encode_rr(w.QUESTION_POINTER, w.SRV, ttl, rdata))
+        for address in (*target.ipv4, *target.ipv6):
+            rtype = w.A if address.version == 4 else w.AAAA
+            glue[w.encode_rr(name, rtype, ttl, address.packed)] = None
+    return tuple(records), tuple(glue)
+
+
+def _apex_groups(data: NameData, qtype: int) -> list[tuple[bytes, ...]]:
+    if not data.apex:
+        return []
+    groups = []
+    if qtype in (w.SOA, w.ANY):
+        groups.append((soa_record(data.zone, w.QUESTION_POINTER),))
+    if qtype in (w.NS, w.ANY):
+        ns = w.encode_name(data.zone.apex)
+        groups.append((w.encode_rr(w.QUESTION_POINTER, w.NS, data.zone.ttl, ns),))
+    return groups
+
+
+def answer_for(data: NameData, qtype: int) -> LocalAnswer:
+    """The answer a registered name gives to `qtype` (NODATA with SOA when it has no such record)."""
+    ttl = data.zone.ttl
+    groups: list[tuple[bytes, ...]] = []
+    additional: tuple[bytes, ...] = ()
+    if qtype in (w.A, w.ANY) and data.ipv4:
+        groups.append(_address_records(w.A, data.ipv4, ttl))
+    if qtype in (w.AAAA, w.ANY) and data.ipv6:
+        groups.append(_address_records(w.AAAA, data.ipv6, ttl))
+    if qtype in (w.PTR, w.ANY) and data.ptr:
+        groups.append((w.encode_rr(w.QUESTION_POINTER, w.PTR, ttl, w.encode_name(data.ptr)),))
+    if qtype in (w.SRV, w.ANY) and data.srv:
+        srv, additional = _srv_parts(data.srv, ttl)
+        groups.append(srv)
+    groups += _apex_groups(data, qtype)
+    if not groups:
+        return nodata(data.zone)
+    return LocalAnswer(w.NOERROR, tuple(groups), additional=additional, rule="local")
+
+
+def lookup(table: NameTable, key: bytes, qtype: int) -> LocalAnswer | None:
+    """The local answer for (key, qtype), or None when the name is not local (forward it)."""
+    data = table.names.get(key)
+    if data is not None:
+        return answer_for(data, qtype)
+    zone = table.authority_for(key)
+    return nxdomain(zone) if zone is not None else None
+
+
+class Prepared:
+    """A memoised local answer with its rotation counter and, when it fits a plain UDP reply, the
+    pre-encoded pieces the fast path splices around the client's id and question."""
+
+    __slots__ = ("answer", "base_flags", "counts", "plain_bodies", "turn")
+
+    def __init__(self, answer: LocalAnswer, recursion_available: bool) -> None:
+        self.answer = answer
+        self.turn = 0
+        self.base_flags = w.QR | w.AA | (w.RA if recursion_available else 0) | answer.rcode
+        self.counts = (len(answer.records(0)), len(answer.authority), len(answer.additional))
+        self.plain_bodies: list[bytes | None] = [None] * answer.rotations
+
+    def next_turn(self) -> int:
+        turn = self.turn
+        self.turn = (turn + 1) % self.answer.rotations
+        return turn
+
+    def plain_body(self, turn: int) -> bytes:
+        body = self.plain_bodies[turn]
+        if body is None:
+            parts = (*self.answer.records(turn), *self.answer.authority, *self.answer.additional)
+            body = self.plain_bodies[turn] = b"".join(parts)
+        return body
+
+    def plain_size(self, question_size: int) -> int:
+        return 12 + question_size + len(self.plain_body(0))
+
+    def fast_reply(self, query: bytes) -> bytes:
+        """The reply to a plain query (RD/AD only, one question, no EDNS) for this name and type."""
+        turn = self.next_turn()
+        flags = self.base_flags | ((query[2] & 1) << 8)
+        an, ns, ar = self.counts
+        return query[:2] + struct.pack("!HHHHH", flags, 1, an, ns, ar) + query[12:] + self.plain_body(turn)
+
+
+def prepared(table: NameTable, key: bytes, qtype: int) -> Prepared | LocalAnswer | None:
+    """The memoised answer for (key, qtype); NXDOMAIN and unusual types are built fresh, unmemoised,
+    so random names or types cannot grow the memo."""
+    entry = table.memo.get((key, qtype))
+    if entry is not None:
+        return entry
+    answer = lookup(table, key, qtype)
+    if answer is None or answer.rcode != w.NOERROR or qtype not in MEMO_TYPES:
+        return answer
+    entry = table.memo[(key, qtype)] = Prepared(answer, table.may_forward)
+    if qtype in FAST_TYPES and entry.plain_size(len(key) + 4) <= PLAIN_UDP_LIMIT:
+        table.fast[key + qtype.to_bytes(2, "big")] = entry
+    return entry

@@ -1,0 +1,1 @@
+"""Privileged namespace operations: entering netns, binding sockets inside it, redirect rules."""

@@ -1,0 +1,1 @@
+"""The per-network name registry: pure records, events and per-sandbox views (no I/O)."""

@@ -1,0 +1,249 @@
+"""The registry's records and the events that change them.
+
+Records are frozen: a change builds new records and a new `State`; readers keep whatever state they
+hold. Events carry raw user input (strings); `Registry.apply` validates them, so a refused event never
+leaves a half-made record behind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+ServiceMode = Literal["vip", "dnsrr"]
+Protocol = Literal["tcp", "udp"]
+DEFAULT_LOCAL_TTL = 5
+_SHORT_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """An upstream DNS server and the namespace to query it from (`sandbox` True: from inside)."""
+
+    address: str
+    port: int = 53
+    from_sandbox: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {"address": self.address, "port": self.port, "from_sandbox": self.from_sandbox}
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPort:
+    """A named port of an endpoint, published as `_name._proto.<endpoint>` SRV records."""
+
+    name: str
+    protocol: Protocol
+    number: int
+
+    def text(self) -> str:
+        return f"{self.name}:{self.protocol}:{self.number}"
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    name: str
+    internal: bool = False
+    domain: str | None = None
+    upstreams: tuple[str, ...] = ()
+    ttl: int = DEFAULT_LOCAL_TTL
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "internal": self.internal,
+            "domain": self.domain,
+            "dns": list(self.upstreams),
+            "ttl": self.ttl,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    id: str
+    network: str
+    sandbox: str
+    name: str
+    aliases: tuple[str, ...] = ()
+    hostname: str | None = None
+    ipv4: tuple[ipaddress.IPv4Address, ...] = ()
+    ipv6: tuple[ipaddress.IPv6Address, ...] = ()
+    service: str | None = None
+    ports: tuple[NamedPort, ...] = ()
+    upstreams: tuple[str, ...] = ()
+    resolv_conf: str | None = None
+
+    @property
+    def short_id(self) -> str | None:
+        """The id's first 12 characters, when they form a DNS label (Docker's short container id)."""
+        short = self.id[:12]
+        return short if _SHORT_ID.match(short) else None
+
+    def dns_names(self) -> tuple[str, ...]:
+        """Primary name, aliases, short id and hostname, de-duplicated case-insensitively, in that order."""
+        seen: dict[str, str] = {}
+        for value in (self.name, *self.aliases, self.short_id, self.hostname):
+            if value and value.lower() not in seen:
+                seen[value.lower()] = value
+        return tuple(seen.values())
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "network": self.network,
+            "netns": self.sandbox,
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "hostname": self.hostname,
+            "ipv4": [str(a) for a in self.ipv4],
+            "ipv6": [str(a) for a in self.ipv6],
+            "service": self.service,
+            "ports": [p.text() for p in self.ports],
+            "dns": list(self.upstreams),
+            "resolv_conf": self.resolv_conf,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    network: str
+    name: str
+    vips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    mode: ServiceMode = "vip"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "network": self.network,
+            "name": self.name,
+            "vips": [str(v) for v in self.vips],
+            "mode": self.mode,
+        }
+
+
+EndpointKey = tuple[str, str]
+"""(network, endpoint id): unique within the registry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """A network namespace with at least one endpoint; `endpoints` in join order."""
+
+    netns: str
+    endpoints: tuple[EndpointKey, ...] = ()
+    original_upstreams: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "netns": self.netns,
+            "endpoints": [{"network": n, "id": e} for n, e in self.endpoints],
+            "original_dns": list(self.original_upstreams),
+        }
+
+
+def _frozen(mapping: Mapping | None = None) -> Mapping:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """One immutable generation of the registry."""
+
+    generation: int = 0
+    networks: Mapping[str, Network] = field(default_factory=_frozen)
+    endpoints: Mapping[EndpointKey, Endpoint] = field(default_factory=_frozen)
+    services: Mapping[tuple[str, str], Service] = field(default_factory=_frozen)
+    sandboxes: Mapping[str, Sandbox] = field(default_factory=_frozen)
+
+
+# ---- events -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateNetwork:
+    name: str
+    internal: bool = False
+    domain: str | None = None
+    upstreams: tuple[str, ...] = ()
+    ttl: int = DEFAULT_LOCAL_TTL
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveNetwork:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class JoinEndpoint:
+    network: str
+    sandbox: str
+    endpoint: str
+    name: str
+    aliases: tuple[str, ...] = ()
+    hostname: str | None = None
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+    service: str | None = None
+    ports: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ()
+    resolv_conf: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveEndpoint:
+    endpoint: str
+    network: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateService:
+    network: str
+    name: str
+    vips: tuple[str, ...] = ()
+    mode: str = "vip"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveService:
+    network: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetSandboxUpstreams:
+    """Record the servers of a sandbox's original resolv.conf (learnt when it is rewritten)."""
+
+    sandbox: str
+    upstreams: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveSandbox:
+    """Forget a sandbox and all its endpoints (its namespace is gone)."""
+
+    sandbox: str
+
+
+Event = (
+    CreateNetwork
+    | RemoveNetwork
+    | JoinEndpoint
+    | LeaveEndpoint
+    | CreateService
+    | RemoveService
+    | SetSandboxUpstreams
+    | RemoveSandbox
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one applied event did: the new state and the sandboxes it touched."""
+
+    state: State
+    added_sandboxes: tuple[str, ...] = ()
+    removed_sandboxes: tuple[Sandbox, ...] = ()
+    touched_networks: tuple[str, ...] = ()

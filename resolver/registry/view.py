@@ -1,0 +1,250 @@
+"""Per-sandbox views: the immutable set of names a sandbox can see, built from the registry state.
+
+A `NameTable` holds the names of one combination of networks (the union of their registries, the
+first network in the sandbox's endpoint order winning a name both define). Sandboxes attached to the
+same networks share one table. A `View` adds the sandbox's upstream servers. Tables are rebuilt only
+when one of their networks changed; a query holds the view it started with for its whole life.
+
+`NameTable.memo` is a slot the answering core fills with prepared answers; it belongs to one table and
+is dropped with it, so a stale answer can never outlive a change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from resolver.registry.model import Endpoint, Network, Service, State, Upstream
+from resolver.registry.names import reverse_key, wire_key
+
+RESOLVER_ADDRESS = "127.0.0.11"
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    """The zone a local name belongs to: its SOA owner and the TTL of its answers."""
+
+    apex: str
+    ttl: int
+    authoritative: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SrvTarget:
+    port: int
+    target: str
+    ipv4: tuple[ipaddress.IPv4Address, ...]
+    ipv6: tuple[ipaddress.IPv6Address, ...]
+
+
+@dataclass(slots=True)
+class NameData:
+    """Everything registered under one name (key) in one table."""
+
+    zone: Zone
+    ipv4: list[ipaddress.IPv4Address] = field(default_factory=list)
+    ipv6: list[ipaddress.IPv6Address] = field(default_factory=list)
+    ptr: str | None = None
+    srv: list[SrvTarget] = field(default_factory=list)
+    apex: bool = False
+
+    def add_addresses(self, ipv4: Iterable, ipv6: Iterable) -> None:
+        self.ipv4.extend(a for a in ipv4 if a not in self.ipv4)
+        self.ipv6.extend(a for a in ipv6 if a not in self.ipv6)
+
+
+@dataclass(slots=True)
+class NameTable:
+    networks: tuple[str, ...]
+    names: Mapping[bytes, NameData]
+    domains: tuple[tuple[bytes, Zone], ...]
+    may_forward: bool
+    memo: dict = field(default_factory=dict)
+    fast: dict = field(default_factory=dict)
+
+    def authority_for(self, key: bytes) -> Zone | None:
+        """The authoritative (domain) zone that `key` falls under, if any."""
+        for domain_key, zone in self.domains:
+            if key.endswith(domain_key) and _at_label_boundary(key, len(key) - len(domain_key)):
+                return zone
+        return None
+
+
+def _at_label_boundary(key: bytes, offset: int) -> bool:
+    position = 0
+    while position < offset:
+        position += key[position] + 1
+    return position == offset
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What one sandbox sees: its name table and where its other queries go."""
+
+    sandbox: str
+    table: NameTable
+    upstreams: tuple[Upstream, ...]
+
+
+# ---- building one network's table ---------------------------------------------------------------------
+
+
+class _TableBuilder:
+    def __init__(self, network: Network) -> None:
+        self.network = network
+        self.suffix = network.domain or network.name
+        self.names: dict[bytes, NameData] = {}
+        self.local_zone = Zone(network.name, network.ttl, authoritative=False)
+        self.domain_zone = Zone(network.domain, network.ttl, True) if network.domain else None
+
+    def qualified(self, name: str) -> str:
+        return f"{name}.{self.suffix}."
+
+    def entries(self, name: str) -> Iterable[NameData]:
+        """The NameData for `name` bare, qualified with the network name and with the domain."""
+        bare_zone = self.domain_zone or self.local_zone
+        forms = [((name,), bare_zone), ((name, self.network.name), self.local_zone)]
+        if self.domain_zone:
+            forms.append(((name, self.network.domain or ""), self.domain_zone))
+        for parts, zone in forms:
+            key = wire_key(*parts)
+            data = self.names.get(key)
+            if data is None:
+                data = self.names[key] = NameData(zone=zone)
+            yield data
+
+    def add_endpoint(self, ep: Endpoint) -> None:
+        for name in ep.dns_names():
+            for data in self.entries(name):
+                data.add_addresses(ep.ipv4, ep.ipv6)
+        for address in (*ep.ipv4, *ep.ipv6):
+            key = reverse_key(address)
+            if key not in self.names:
+                self.names[key] = NameData(zone=self.local_zone, ptr=self.qualified(ep.name))
+        for port in ep.ports:
+            for name in ep.dns_names():
+                self.add_srv(f"_{port.name}._{port.protocol}.{name}", ep, port.number)
+
+    def add_srv(self, name: str, ep: Endpoint, number: int) -> None:
+        target = SrvTarget(number, self.qualified(ep.name), ep.ipv4, ep.ipv6)
+        for data in self.entries(name):
+            data.srv.append(target)
+
+    def add_service(self, name: str, service: Service | None, tasks: list[Endpoint]) -> None:
+        task_v4 = [a for t in tasks for a in t.ipv4]
+        task_v6 = [a for t in tasks for a in t.ipv6]
+        for data in self.entries(f"tasks.{name}"):
+            data.add_addresses(task_v4, task_v6)
+        if service is not None and service.mode == "vip" and service.vips:
+            vip_v4 = [v for v in service.vips if v.version == 4]
+            vip_v6 = [v for v in service.vips if v.version == 6]
+            for data in self.entries(name):
+                data.add_addresses(vip_v4, vip_v6)
+        else:
+            for data in self.entries(name):
+                data.add_addresses(task_v4, task_v6)
+        for task in tasks:
+            for port in task.ports:
+                self.add_srv(f"_{port.name}._{port.protocol}.{name}", task, port.number)
+
+    def add_apex(self) -> None:
+        if self.network.domain and self.domain_zone:
+            key = wire_key(self.network.domain)
+            self.names.setdefault(key, NameData(zone=self.domain_zone)).apex = True
+
+
+def build_network_names(state: State, network: Network) -> dict[bytes, NameData]:
+    """All names one network defines, keyed by lower-cased wire name."""
+    builder = _TableBuilder(network)
+    members = [ep for ep in state.endpoints.values() if ep.network == network.name]
+    for ep in members:
+        builder.add_endpoint(ep)
+    services = {s.name: s for s in state.services.values() if s.network == network.name}
+    service_names = dict.fromkeys([*services, *(ep.service for ep in members if ep.service)])
+    for name in service_names:
+        tasks = [ep for ep in members if ep.service == name]
+        builder.add_service(name, services.get(name), tasks)
+    builder.add_apex()
+    return builder.names
+
+
+def merge_tables(networks: tuple[Network, ...], per_network: list[Mapping[bytes, NameData]]) -> NameTable:
+    """Union of the networks' names; the first network (in sandbox order) wins a shared name."""
+    names: dict[bytes, NameData] = {}
+    for table in per_network:
+        for key, data in table.items():
+            names.setdefault(key, data)
+    domains = tuple(
+        (wire_key(n.domain), Zone(n.domain, n.ttl, True)) for n in networks if n.domain is not None
+    )
+    return NameTable(
+        networks=tuple(n.name for n in networks),
+        names=MappingProxyType(names),
+        domains=domains,
+        may_forward=any(not n.internal for n in networks),
+    )
+
+
+# ---- upstreams ----------------------------------------------------------------------------------------
+
+
+def sandbox_upstreams(state: State, netns: str, host_servers: tuple[str, ...]) -> tuple[Upstream, ...]:
+    """Per-endpoint servers, then per-network servers (both from inside the sandbox), then the
+    sandbox's original resolv.conf servers or, lacking those, the host's (from the daemon's namespace).
+    The resolver's own address is never an upstream."""
+    sandbox = state.sandboxes.get(netns)
+    if sandbox is None:
+        return ()
+    endpoints = [state.endpoints[k] for k in sandbox.endpoints if k in state.endpoints]
+    inside = [s for ep in endpoints for s in ep.upstreams]
+    inside += [s for ep in endpoints for s in state.networks[ep.network].upstreams]
+    outside = sandbox.original_upstreams or host_servers
+    found = [Upstream(s, 53, True) for s in inside] + [Upstream(s, 53, False) for s in outside]
+    unique = dict.fromkeys(u for u in found if u.address != RESOLVER_ADDRESS)
+    return tuple(unique)
+
+
+# ---- the cache of tables and views --------------------------------------------------------------------
+
+
+class Views:
+    """Builds and caches views; `invalidate` drops what a change touched."""
+
+    def __init__(self) -> None:
+        self._network_names: dict[str, dict[bytes, NameData]] = {}
+        self._tables: dict[tuple[str, ...], NameTable] = {}
+
+    def invalidate(self, networks: Iterable[str]) -> None:
+        touched = set(networks)
+        for name in touched:
+            self._network_names.pop(name, None)
+        for combo in [c for c in self._tables if touched.intersection(c)]:
+            del self._tables[combo]
+
+    def table(self, state: State, network_names: tuple[str, ...]) -> NameTable:
+        table = self._tables.get(network_names)
+        if table is None:
+            networks = tuple(state.networks[n] for n in network_names)
+            per_network = [self._names_of(state, n) for n in networks]
+            table = self._tables[network_names] = merge_tables(networks, per_network)
+        return table
+
+    def _names_of(self, state: State, network: Network) -> dict[bytes, NameData]:
+        names = self._network_names.get(network.name)
+        if names is None:
+            names = self._network_names[network.name] = build_network_names(state, network)
+        return names
+
+    def view(self, state: State, netns: str, host_servers: tuple[str, ...] = ()) -> View:
+        sandbox = state.sandboxes.get(netns)
+        networks: tuple[str, ...] = ()
+        if sandbox is not None:
+            networks = tuple(dict.fromkeys(net for net, _ in sandbox.endpoints))
+        return View(netns, self.table(state, networks), sandbox_upstreams(state, netns, host_servers))
+
+
+def build_view(state: State, netns: str, host_servers: tuple[str, ...] = ()) -> View:
+    """A fresh view, without caching (tests and one-off queries)."""
+    return Views().view(state, netns, host_servers)
