@@ -179,7 +179,11 @@ class NamespaceWorker:
         self._home_fd = -1
         self._home: Identity = (0, 0)
         # Submitting once forces the executor to create its only thread now, in our namespace.
-        self._executor.submit(self._bootstrap).result()
+        try:
+            self._executor.submit(self._bootstrap).result()
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            raise
 
     def _bootstrap(self) -> None:
         self._thread_ident = threading.get_ident()
