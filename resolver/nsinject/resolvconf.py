@@ -41,8 +41,8 @@ NDOTS_ZERO = "ndots:0"
 _EXT_SERVERS = re.compile(r"# ExtServers: \[(.*)\]")
 _NDOTS_FROM = re.compile(r"# Option ndots from: (\S+)")
 _KEYWORD = re.compile(r"[A-Za-z]")
-_BLANKS = re.compile(r"[ \t]+")
-_NAMESERVER_END = re.compile(r"[ \t#;]")
+_BLANKS = re.compile(r"[ \t\r]+")
+_NAMESERVER_END = re.compile(r"[ \t\r#;]")
 _VALID_NDOTS = re.compile(r"ndots:[0-9]+")
 
 
@@ -96,7 +96,7 @@ def _words(rest: str) -> list[str]:
 
 
 def _nameserver_address(rest: str) -> str | None:
-    candidate = _NAMESERVER_END.split(rest.lstrip(" \t"), maxsplit=1)[0]
+    candidate = _NAMESERVER_END.split(rest.lstrip(" \t\r"), maxsplit=1)[0]
     return candidate if _is_address(candidate) else None
 
 

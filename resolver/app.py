@@ -1,0 +1,425 @@
+"""The daemon: owns the registry, the per-sandbox sites, the namespace worker, persistence and the
+control API, and orchestrates joins and leaves.
+
+Rules:
+- every change goes registry first (so the first packet finds the name), then sockets, then resolv.conf
+  (the sandbox switches to 127.0.0.11 only once something answers there); a failed attach undoes itself
+  and the registration, and the caller gets the reason;
+- a change is acknowledged only after the state is persisted; a restarted daemon re-attaches every
+  sandbox whose namespace still exists (same identity) and drops the others;
+- changes are serialised by one lock; queries never wait for it;
+- a vanished namespace is noticed by the watcher, which also restores flushed redirect rules and
+  re-reads the host resolv.conf when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import struct
+import time
+from dataclasses import replace
+from typing import Any
+
+from resolver import config
+from resolver.config import Settings
+from resolver.nsinject import netns as ns
+from resolver.nsinject import redirect, resolvfile
+from resolver.nsinject.resolvconf import parse as parse_resolv_conf
+from resolver.nsinject.resolvconf import upstream_servers
+from resolver.registry import model as m
+from resolver.registry.errors import InvalidValue, NotFound, RegistryError
+from resolver.registry.registry import Registry
+from resolver.registry.view import View, Views
+from resolver.server.dispatch import Dispatcher
+from resolver.server.forwarder import Forwarder
+from resolver.server.metrics import Metrics
+from resolver.server.site import Site
+from resolver.server.upstream import SocketFactory, plain_socket
+from resolver.store import SandboxRecord, Store
+
+log = logging.getLogger("resolver.daemon")
+PROBE_QUERY_NAME = b"\x02id\x06server\x00"
+CLASS_CH = 3
+TXT = 16
+
+
+class AttachError(Exception):
+    """The daemon could not serve DNS inside a sandbox; the message says why."""
+
+
+def sandbox_path(netns: str) -> str:
+    try:
+        return ns.netns_path(netns)
+    except ValueError as exc:
+        raise InvalidValue(str(exc)) from None
+
+
+def probe_query(query_id: int) -> bytes:
+    """A CH TXT id.server query: answered (REFUSED) by the core itself, never forwarded."""
+    return (
+        struct.pack("!HHHHHH", query_id, 0, 1, 0, 0, 0) + PROBE_QUERY_NAME + struct.pack("!HH", TXT, CLASS_CH)
+    )
+
+
+def _udp_client() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return sock
+
+
+class Daemon:
+    def __init__(
+        self, settings: Settings, config_file: str | None = None, flags: dict[str, Any] | None = None
+    ):
+        self.settings = settings
+        self.config_file = config_file
+        self.flags = flags or {}
+        self.store = Store(settings.state_dir)
+        self.registry = Registry()
+        self.views = Views()
+        self.records: dict[str, SandboxRecord] = {}
+        self.sites: dict[str, Site] = {}
+        self.metrics = Metrics()
+        self.forwarder = Forwarder(settings, self.metrics, self._sandbox_sockets)
+        self.dispatcher = Dispatcher(self.metrics, self.forwarder)
+        self.worker: ns.NamespaceWorker | None = None
+        self.host_servers: tuple[str, ...] = ()
+        self.host_text: str | None = None
+        self._host_stamp: tuple | None = None
+        self.lock = asyncio.Lock()
+        self.started = time.time()
+        self.stopping = asyncio.Event()
+        self.metrics.gauges.update(
+            sandboxes=lambda: len(self.sites),
+            endpoints=lambda: len(self.registry.state.endpoints),
+            networks=lambda: len(self.registry.state.networks),
+        )
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.worker = ns.NamespaceWorker()
+        self._read_host_resolv_conf()
+        await self._restore_saved()
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads settings."""
+        from resolver.control.api import ControlServer
+
+        loop = asyncio.get_running_loop()
+        await self.start()
+        control = ControlServer(self, self.settings.socket)
+        await control.start()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        watcher = asyncio.ensure_future(self._watch())
+        log.info("serving; control socket %s, %d sandboxes", self.settings.socket, len(self.sites))
+        try:
+            await self.stopping.wait()
+        finally:
+            watcher.cancel()
+            await control.stop()
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        async with self.lock:
+            for netns in list(self.sites):
+                await self._detach(netns, restore=self.settings.restore_resolv_conf_on_exit, keep_record=True)
+        if self.worker is not None:
+            self.worker.close()
+        log.info("stopped")
+
+    def reload(self) -> None:
+        try:
+            settings = config.load(self.config_file, dict(os.environ), self.flags)
+        except config.ConfigError as exc:
+            log.error("reload refused, keeping the current settings: %s", exc)
+            return
+        from resolver import log as logsetup
+
+        logsetup.setup(settings.log_level, settings.log_format)
+        self.settings = settings
+        self.forwarder.reconfigure(settings)
+        for site in self.sites.values():
+            site.settings = settings
+        self._read_host_resolv_conf(force=True)
+        self._refresh_views()
+        log.info("settings reloaded")
+
+    # ---- host resolv.conf ----------------------------------------------------------------------------
+
+    def _read_host_resolv_conf(self, force: bool = False) -> bool:
+        path = self.settings.host_resolv_conf
+        try:
+            st = os.stat(path)
+            stamp: tuple | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp == self._host_stamp and not force:
+            return False
+        self._host_stamp = stamp
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        self.host_text = text
+        self.host_servers = upstream_servers(parse_resolv_conf(text), self.settings.listen_address)
+        log.info("upstream servers from %s: %s", path, ", ".join(self.host_servers) or "none")
+        return True
+
+    # ---- views ---------------------------------------------------------------------------------------
+
+    def view(self, netns: str) -> View:
+        return self.views.view(self.registry.state, netns, self.host_servers)
+
+    def _refresh_views(self, change: m.Change | None = None) -> None:
+        if change is not None:
+            self.views.invalidate(change.touched_networks)
+        for netns, site in self.sites.items():
+            site.view = self.view(netns)
+
+    def _apply(self, event: m.Event) -> m.Change:
+        change = self.registry.apply(event)
+        self._refresh_views(change)
+        return change
+
+    def _save(self) -> None:
+        self.store.save(self.registry.state, self.records)
+
+    # ---- attach / detach -----------------------------------------------------------------------------
+
+    def _sandbox_sockets(self, netns: str) -> SocketFactory:
+        async def make(upstream: m.Upstream, kind: int) -> socket.socket:
+            assert self.worker is not None
+            return await self.worker.arun_in(netns, plain_socket, upstream, kind)
+
+        return make
+
+    async def _attach(self, netns: str, explicit_resolv_conf: str | None) -> None:
+        assert self.worker is not None
+        settings = self.settings
+        port = 53 if settings.listen_mode == "direct" else 0
+        try:
+            listeners = await ns.aopen_listeners_in(self.worker, netns, settings.listen_address, port)
+        except (ns.NamespaceError, OSError) as exc:
+            raise AttachError(
+                f"cannot listen on {settings.listen_address}:{port} in {netns}: {exc}"
+            ) from None
+        site = Site(netns, self.view(netns), listeners, self.dispatcher, settings)
+        await site.start(self.metrics.fast)
+        self.sites[netns] = site
+        self.records.setdefault(netns, SandboxRecord()).identity = ns.netns_identity(netns)
+        try:
+            if settings.listen_mode == "redirect":
+                await asyncio.to_thread(
+                    redirect.install_redirect, netns, settings.listen_address, listeners.port
+                )
+            if not await self._probe(netns, settings.join_timeout):
+                raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
+            await self._rewrite_resolv_conf(netns, explicit_resolv_conf)
+        except Exception as exc:
+            await self._detach(netns, restore=True)
+            if isinstance(exc, AttachError):
+                raise
+            raise AttachError(f"cannot set up DNS in {netns}: {exc}") from None
+
+    async def _rewrite_resolv_conf(self, netns: str, explicit: str | None) -> None:
+        record = self.records[netns]
+        path = resolvfile.resolv_conf_path_for(netns, explicit or record.resolv_conf)
+        previous = resolvfile.Rewrite.from_dict(record.rewrite) if record.rewrite else None
+        try:
+            rewrite, servers = await asyncio.to_thread(
+                resolvfile.rewrite, path, self.settings.listen_address, self.host_text, previous=previous
+            )
+        except FileNotFoundError:
+            if explicit:
+                raise AttachError(f"resolv.conf {explicit} does not exist") from None
+            log.warning(
+                "no resolv.conf at %s; %s is served but its resolv.conf is not rewritten", path, netns
+            )
+            return
+        record.rewrite, record.resolv_conf = rewrite.to_dict(), path
+        if not rewrite.created:
+            self._apply(m.SetSandboxUpstreams(netns, servers))
+
+    async def _detach(self, netns: str, restore: bool, keep_record: bool = False) -> None:
+        site = self.sites.pop(netns, None)
+        if site is not None:
+            await site.close(self.settings.drain_timeout)
+        record = self.records.get(netns) if keep_record else self.records.pop(netns, None)
+        if self.settings.listen_mode == "redirect" and ns.netns_identity(netns) is not None:
+            with contextlib.suppress(redirect.RedirectError):
+                await asyncio.to_thread(redirect.remove_redirect, netns)
+        if restore and record is not None and record.rewrite:
+            try:
+                result = await asyncio.to_thread(
+                    resolvfile.restore, resolvfile.Rewrite.from_dict(record.rewrite)
+                )
+                log.info("resolv.conf of %s: %s", netns, result)
+            except OSError as exc:
+                log.warning("could not restore resolv.conf of %s: %s", netns, exc)
+
+    async def _probe(self, netns: str, timeout: float) -> bool:
+        """True once a query sent from inside the sandbox to 127.0.0.11:53 gets an answer."""
+        assert self.worker is not None
+        loop = asyncio.get_running_loop()
+        sock = await self.worker.arun_in(netns, _udp_client)
+        deadline = loop.time() + timeout
+        with contextlib.closing(sock):
+            await loop.sock_connect(sock, (self.settings.listen_address, 53))
+            while loop.time() < deadline:
+                query_id = secrets.randbits(16)
+                try:
+                    await loop.sock_sendall(sock, probe_query(query_id))
+                    reply = await asyncio.wait_for(loop.sock_recv(sock, 512), min(0.25, timeout))
+                except (TimeoutError, OSError):
+                    await asyncio.sleep(0.02)
+                    continue
+                if reply[:2] == struct.pack("!H", query_id):
+                    return True
+        return False
+
+    # ---- restart ---------------------------------------------------------------------------------------
+
+    async def _restore_saved(self) -> None:
+        saved = self.store.load()
+        self.registry = saved.registry
+        self.records = saved.sandboxes
+        self.views = Views()
+        for netns in list(self.registry.state.sandboxes):
+            record = self.records.get(netns, SandboxRecord())
+            identity = ns.netns_identity(netns)
+            if identity is None or (record.identity is not None and tuple(record.identity) != identity):
+                log.info("sandbox %s is gone; dropping its registrations", netns)
+                await self._forget(netns, restore=True)
+                continue
+            try:
+                await self._attach(netns, record.resolv_conf)
+                log.info("re-attached sandbox %s", netns)
+            except AttachError as exc:
+                log.error("could not re-attach %s: %s; dropping it", netns, exc)
+                await self._forget(netns, restore=False)
+        self._save()
+
+    async def _forget(self, netns: str, restore: bool) -> None:
+        self._apply(m.RemoveSandbox(netns))
+        await self._detach(netns, restore=restore)
+
+    # ---- watcher ---------------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.watch_interval)
+            try:
+                async with self.lock:
+                    if self._read_host_resolv_conf():
+                        self._refresh_views()
+                    await self._check_sandboxes()
+            except Exception:
+                log.exception("sandbox check failed")
+
+    async def _check_sandboxes(self) -> None:
+        changed = False
+        for netns in list(self.sites):
+            record = self.records.get(netns)
+            identity = ns.netns_identity(netns)
+            if identity is None or (record is not None and record.identity not in (None, identity)):
+                log.info("namespace %s disappeared; closing its sockets", netns)
+                await self._forget(netns, restore=True)
+                changed = True
+            elif self.settings.listen_mode == "redirect":
+                await self._check_redirect(netns)
+        if changed:
+            self._save()
+
+    async def _check_redirect(self, netns: str) -> None:
+        if await self._probe(netns, 0.3):
+            return
+        site = self.sites[netns]
+        log.warning("DNS redirect in %s stopped working (rules flushed?); restoring it", netns)
+        try:
+            await asyncio.to_thread(redirect.install_redirect, netns, self.settings.listen_address, site.port)
+        except redirect.RedirectError as exc:
+            log.error("could not restore the redirect in %s: %s", netns, exc)
+
+    # ---- control operations (called by the control API) ------------------------------------------------
+
+    async def create_network(self, event: m.CreateNetwork) -> m.Network:
+        async with self.lock:
+            self._apply(event)
+            self._save()
+            return self.registry.state.networks[event.name]
+
+    async def remove_network(self, name: str) -> None:
+        async with self.lock:
+            self._apply(m.RemoveNetwork(name))
+            self._save()
+
+    async def create_service(self, event: m.CreateService) -> m.Service:
+        async with self.lock:
+            self._apply(event)
+            self._save()
+            return self.registry.state.services[(event.network, event.name)]
+
+    async def remove_service(self, network: str, name: str) -> None:
+        async with self.lock:
+            self._apply(m.RemoveService(network, name))
+            self._save()
+
+    async def join(self, event: m.JoinEndpoint) -> m.Endpoint:
+        async with self.lock:
+            netns = sandbox_path(event.sandbox)
+            event = replace(event, sandbox=netns)
+            if netns not in self.registry.state.sandboxes and ns.netns_identity(netns) is None:
+                raise NotFound(f"network namespace {netns} does not exist")
+            change = self._apply(event)
+            if change.added_sandboxes:
+                try:
+                    await self._attach(netns, event.resolv_conf)
+                except AttachError:
+                    self._apply(m.LeaveEndpoint(event.endpoint, event.network))
+                    raise
+            self._save()
+            return self.registry.state.endpoints[(event.network, event.endpoint)]
+
+    async def leave(self, endpoint: str, network: str | None) -> m.Endpoint:
+        async with self.lock:
+            found = self._find_endpoint(endpoint, network)
+            change = self._apply(m.LeaveEndpoint(endpoint, found.network))
+            for sandbox in change.removed_sandboxes:
+                await self._detach(sandbox.netns, restore=True)
+            self._save()
+            return found
+
+    def _find_endpoint(self, endpoint: str, network: str | None) -> m.Endpoint:
+        from resolver.registry.registry import find_endpoint
+
+        return find_endpoint(self.registry.state, endpoint, network)
+
+    def status(self) -> dict[str, Any]:
+        state = self.registry.state
+        return {
+            "version": __import__("resolver").__version__,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "listen": {"address": self.settings.listen_address, "mode": self.settings.listen_mode},
+            "networks": len(state.networks),
+            "endpoints": len(state.endpoints),
+            "sandboxes": len(self.sites),
+            "queries": self.metrics.total_queries(),
+            "upstream_queries": self.forwarder.upstream_queries,
+            "host_upstreams": list(self.host_servers),
+            "upstreams_down": self.forwarder.health.down(),
+            "generation": state.generation,
+        }
+
+
+__all__ = ["AttachError", "Daemon", "RegistryError"]

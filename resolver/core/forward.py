@@ -1,0 +1,107 @@
+"""Pure rules for forwarded queries (RFC 5452, RFC 6891): building the upstream query, accepting a
+reply, classifying it, and relaying it to the client.
+
+Rules: the upstream query carries a fresh id chosen by the caller, RD set, the client's question as
+spelt, and our own OPT (payload 1232, DO copied) - never the client's options. A reply is accepted only
+if it is a response (QR, opcode QUERY) with that id and the same question (name case-insensitively,
+type, class); anything else is ignored and the wait goes on. SERVFAIL, REFUSED, NOTIMP and FORMERR mean
+"try the next server". The relayed reply gets the client's id and question spelling, an OPT only if the
+client sent one, and is truncated with TC to the client's limit.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import Enum
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+
+from resolver.core import wire as w
+from resolver.core.actions import Forward
+
+UPSTREAM_PAYLOAD = 1232
+RETRY_RCODES = frozenset({w.SERVFAIL, w.REFUSED, w.NOTIMP, w.FORMERR})
+
+
+class Verdict(Enum):
+    ANSWER = "answer"
+    TRY_NEXT = "try-next"
+    TRUNCATED = "truncated"
+
+
+def client_do(query: bytes, forward: Forward) -> bool:
+    """Whether the client's OPT had the DO bit (only queries with EDNS reach here with edns=True)."""
+    if not forward.edns:
+        return False
+    try:
+        return bool(dns.message.from_wire(query).ednsflags & w.DO_FLAG)
+    except dns.exception.DNSException:
+        return False
+
+
+def upstream_query(forward: Forward, query_id: int, do: bool) -> bytes:
+    """The query sent upstream: our id, RD (and the client's CD), the client's question, our OPT."""
+    flags = w.RD | (w.query_flags(forward.query) & w.CD)
+    header = struct.pack("!HHHHHH", query_id, flags, 1, 0, 0, 1)
+    return header + forward.question + w.encode_opt(UPSTREAM_PAYLOAD, do=do)
+
+
+def matches(reply: bytes, query_id: int, question: bytes) -> bool:
+    """True if `reply` answers our query: a QUERY response with our id and the same question."""
+    if len(reply) < 12 + len(question):
+        return False
+    reply_id, flags, qdcount = struct.unpack_from("!HHH", reply, 0)
+    if reply_id != query_id or not flags & w.QR or flags & w.OPCODE_MASK or qdcount != 1:
+        return False
+    asked = reply[12 : 12 + len(question)]
+    name_len = len(question) - 4
+    return asked[:name_len].lower() == question[:name_len].lower() and asked[name_len:] == question[name_len:]
+
+
+def verdict(reply: bytes) -> Verdict:
+    flags = w.query_flags(reply)
+    if flags & w.TC:
+        return Verdict.TRUNCATED
+    if flags & 0x000F in RETRY_RCODES:
+        return Verdict.TRY_NEXT
+    return Verdict.ANSWER
+
+
+def relay(reply: bytes, forward: Forward, do: bool) -> bytes:
+    """The upstream reply made the client's: its id and spelling, its EDNS or none, its size limit."""
+    message = dns.message.from_wire(reply, ignore_trailing=True)
+    message.id = struct.unpack_from("!H", forward.query)[0]
+    _set_question_spelling(message, forward)
+    rcode = message.rcode()
+    if forward.edns:
+        message.use_edns(0, w.DO_FLAG if do else 0, UPSTREAM_PAYLOAD)
+    else:
+        message.use_edns(False)
+    message.set_rcode(rcode)
+    message.flags &= ~dns.flags.AA
+    message.flags |= dns.flags.RA
+    client_flags = w.query_flags(forward.query)
+    if not client_flags & w.RD:
+        message.flags &= ~dns.flags.RD
+    return message.to_wire(max_size=forward.max_size, prefer_truncation=True)
+
+
+def _set_question_spelling(message: dns.message.Message, forward: Forward) -> None:
+    name_wire = forward.question[:-4]
+    name = dns.name.from_wire(name_wire, 0)[0] if name_wire else dns.name.root
+    if message.question and message.question[0].name == name:
+        message.question[0].name = name
+        for rrset in message.answer:
+            if rrset.name == name:
+                rrset.name = name
+
+
+def servfail(forward: Forward) -> bytes:
+    """SERVFAIL for the client's query (question echoed, RA set, OPT only if the client had one)."""
+    flags = w.QR | w.RA | (w.query_flags(forward.query) & (w.RD | w.CD)) | w.SERVFAIL
+    opt = w.encode_opt() if forward.edns else b""
+    header = struct.pack("!HHHHH", flags, 1, 0, 0, 1 if opt else 0)
+    return forward.query[:2] + header + forward.question + opt

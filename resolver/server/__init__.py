@@ -1,0 +1,1 @@
+"""The I/O layer: per-sandbox UDP and TCP listeners, upstream exchanges, metrics (one asyncio loop)."""

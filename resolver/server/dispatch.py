@@ -1,0 +1,120 @@
+"""Per-query driver: runs the pure core on a query, performs its action, counts and logs the outcome.
+
+Rules: a query never raises out of here (an internal error answers SERVFAIL and is logged); forwarded
+queries run as tasks tracked by their site so shutdown can drain them; one debug line per rejected or
+failed query, nothing per successful one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Callable
+
+from resolver.core import wire as w
+from resolver.core.actions import Drop, Forward, Reply
+from resolver.core.answer import ForwardCache, Transport, respond
+from resolver.core.forward import servfail
+from resolver.registry.view import View
+from resolver.server.forwarder import Forwarder
+from resolver.server.metrics import Metrics
+
+log = logging.getLogger("resolver.query")
+FAILED_OUTCOMES = frozenset(
+    {
+        "formerr",
+        "notimp",
+        "notimp-transfer",
+        "refused-class",
+        "refused-type",
+        "refused-internal",
+        "no-upstream",
+        "badvers",
+        "servfail",
+        "overload",
+        "error",
+    }
+)
+
+
+def _qtype(wire: bytes) -> int:
+    return struct.unpack_from("!H", wire, len(wire) - 4)[0] if len(wire) >= 17 else 0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        metrics: Metrics,
+        forwarder: Forwarder,
+        cache: ForwardCache | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.metrics = metrics
+        self.forwarder = forwarder
+        self.cache = cache
+        self.clock = clock
+
+    def answer(
+        self, wire: bytes, view: View, transport: Transport, send: Callable[[bytes], None], tasks: set
+    ) -> asyncio.Future | None:
+        """Answer `wire` through `send`, now (returns None) or from a task added to `tasks` (returned)."""
+        started = self.clock()
+        try:
+            action = respond(wire, view, self.cache, time.time(), transport)
+        except Exception:
+            log.exception("internal error answering a query from %s", view.sandbox)
+            if len(wire) >= 12:
+                send(w.header_only(wire, w.query_flags(wire) & w.RD, w.SERVFAIL))
+            self.metrics.count(_qtype(wire), "error", "local", transport)
+            return None
+        if isinstance(action, Reply):
+            send(action.wire)
+            self._done(
+                wire,
+                view,
+                action.outcome,
+                "cache" if action.outcome == "cache" else "local",
+                transport,
+                started,
+            )
+        elif isinstance(action, Forward):
+            task = asyncio.ensure_future(self._forward(action, view, transport, send, started))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            return task
+        else:
+            self._dropped(action, view, transport)
+        return None
+
+    async def _forward(
+        self, action: Forward, view: View, transport: Transport, send: Callable[[bytes], None], started: float
+    ) -> None:
+        try:
+            reply, outcome = await self.forwarder.resolve(action, view.sandbox, transport == "tcp")
+        except Exception:
+            log.exception("internal error forwarding a query from %s", view.sandbox)
+            reply, outcome = servfail(action), "error"
+        try:
+            send(reply)
+        except OSError as exc:
+            log.debug("could not send a reply to %s: %s", view.sandbox, exc)
+        self._done(action.query, view, outcome, "upstream", transport, started)
+
+    def _done(
+        self, wire: bytes, view: View, outcome: str, source: str, transport: str, started: float
+    ) -> None:
+        self.metrics.count(_qtype(wire), outcome, source, transport)
+        self.metrics.observe(self.clock() - started)
+        if outcome in FAILED_OUTCOMES and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "query from %s answered %s",
+                view.sandbox,
+                outcome,
+                extra={"sandbox": view.sandbox, "outcome": outcome},
+            )
+
+    def _dropped(self, action: Drop, view: View, transport: str) -> None:
+        self.metrics.count(0, "dropped", "local", transport)
+        log.debug("query from %s dropped: %s", view.sandbox, action.reason, extra={"sandbox": view.sandbox})

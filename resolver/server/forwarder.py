@@ -1,0 +1,149 @@
+"""Forwarding driver: limits, coalescing of identical questions, failover across servers, TC retry
+over TCP, and the forwarded-answer cache. Pure decisions come from `resolver.core.forward`.
+
+Rules: in-flight forwarded queries are bounded per sandbox and in total; past a bound the client gets
+SERVFAIL at once and the event is counted. Identical questions in flight (same upstream scope, name,
+type, DO, transport) share one upstream query. Servers are tried in order (those marked down last);
+SERVFAIL/REFUSED/NOTIMP/FORMERR or a timeout moves on to the next; all failed gives SERVFAIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from resolver.config import Settings
+from resolver.core import forward as fw
+from resolver.core.actions import Forward
+from resolver.registry.model import Upstream
+from resolver.server.metrics import Metrics
+from resolver.server.upstream import Health, SocketFactory, UpstreamError, ask, plain_socket
+
+log = logging.getLogger("resolver.forward")
+
+
+async def host_socket(upstream: Upstream, kind: int) -> socket.socket:
+    return plain_socket(upstream, kind)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        sandbox_sockets: Callable[[str], SocketFactory],
+        cache: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.sandbox_sockets = sandbox_sockets
+        self.cache = cache
+        self.health = Health(settings.upstream_down_for)
+        self.total = 0
+        self.per_sandbox: Counter[str] = Counter()
+        self.upstream_queries = 0
+        self._inflight: dict[tuple, asyncio.Future[bytes | None]] = {}
+
+    def reconfigure(self, settings: Settings) -> None:
+        self.settings = settings
+        self.health.down_for = settings.upstream_down_for
+
+    def over_limit(self, sandbox: str) -> str | None:
+        if self.total >= self.settings.limits_inflight_total:
+            return "total"
+        if self.per_sandbox[sandbox] >= self.settings.limits_inflight_per_sandbox:
+            return "sandbox"
+        return None
+
+    async def resolve(self, forward: Forward, sandbox: str, tcp: bool) -> tuple[bytes, str]:
+        """The client's reply to a forwarded query and where it came from."""
+        limit = self.over_limit(sandbox)
+        if limit is not None:
+            self.metrics.overload[limit] += 1
+            return fw.servfail(forward), "overload"
+        self.total += 1
+        self.per_sandbox[sandbox] += 1
+        try:
+            do = fw.client_do(forward.query, forward)
+            reply = await self._shared(forward, sandbox, do, tcp)
+            if reply is None:
+                return fw.servfail(forward), "servfail"
+            return fw.relay(reply, forward, do), "upstream"
+        finally:
+            self.total -= 1
+            self.per_sandbox[sandbox] -= 1
+            if not self.per_sandbox[sandbox]:
+                del self.per_sandbox[sandbox]
+
+    async def _shared(self, forward: Forward, sandbox: str, do: bool, tcp: bool) -> bytes | None:
+        scope = upstream_scope(forward.upstreams, sandbox)
+        key = (scope, forward.key, forward.qtype, do, tcp)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(forward, sandbox, do, tcp))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, forward: Forward, sandbox: str, do: bool, tcp: bool) -> bytes | None:
+        candidates = self.health.order(forward.upstreams)[: max(1, self.settings.upstream_max_attempts)]
+        for upstream in candidates:
+            reply = await self._attempt(forward, sandbox, upstream, do, tcp)
+            if reply is not None:
+                if self.cache is not None:
+                    self.cache.store(forward, sandbox, do, reply)
+                return reply
+        return None
+
+    async def _attempt(
+        self, forward: Forward, sandbox: str, upstream: Upstream, do: bool, tcp: bool
+    ) -> bytes | None:
+        make_socket = self.sandbox_sockets(sandbox) if upstream.from_sandbox else host_socket
+        timeout = self.settings.upstream_timeout
+        try:
+            self.upstream_queries += 1
+            reply = await ask(
+                make_socket,
+                upstream,
+                lambda qid: fw.upstream_query(forward, qid, do),
+                forward.question,
+                timeout,
+                tcp,
+            )
+            if fw.verdict(reply) is fw.Verdict.TRUNCATED and not tcp:
+                self.upstream_queries += 1
+                reply = await ask(
+                    make_socket,
+                    upstream,
+                    lambda qid: fw.upstream_query(forward, qid, do),
+                    forward.question,
+                    timeout,
+                    True,
+                )
+        except UpstreamError as exc:
+            self._failed(upstream, exc.reason, str(exc))
+            if exc.reason == "timeout":
+                self.health.failed(upstream)
+            return None
+        except Exception as exc:  # a socket the namespace worker could not make, and the like
+            self._failed(upstream, "error", repr(exc))
+            return None
+        if fw.verdict(reply) is fw.Verdict.TRY_NEXT:
+            self._failed(upstream, f"rcode-{reply[3] & 0x0F}", "answered with an error rcode")
+            return None
+        self.health.succeeded(upstream)
+        return reply
+
+    def _failed(self, upstream: Upstream, reason: str, detail: str) -> None:
+        self.metrics.upstream_errors[(upstream.address, reason)] += 1
+        log.debug("upstream %s failed: %s", upstream.address, detail)
+
+
+def upstream_scope(upstreams: tuple[Upstream, ...], sandbox: str) -> tuple:
+    """Identity of an upstream set: servers reached from inside a sandbox are that sandbox's own."""
+    inside = any(u.from_sandbox for u in upstreams)
+    return (upstreams, sandbox if inside else None)

@@ -1,0 +1,108 @@
+"""UDP and TCP serving of one sandbox's sockets.
+
+UDP: the fast path runs inline in `datagram_received` (prepared answers need no task); everything else
+goes through the dispatcher. TCP (RFC 7766): 2-byte length framing read exactly, several queries per
+connection answered concurrently and out of order (bounded per connection), an idle timeout, a cap on
+connections per sandbox; a short or broken frame closes the connection. TC is never set over TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from resolver.core.answer import fast_reply
+
+if TYPE_CHECKING:
+    from resolver.server.site import Site
+
+log = logging.getLogger("resolver.listen")
+UDP_RECEIVE_SIZE = 65535
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    def __init__(self, site: Site, fast_counts: Counter[bytes]) -> None:
+        self.site = site
+        self.fast_counts = fast_counts
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if hasattr(transport, "max_size"):
+            # stdlib asyncio reads 256 KiB per datagram, which makes glibc map and unmap memory per packet
+            transport.max_size = UDP_RECEIVE_SIZE  # type: ignore[attr-defined]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        site = self.site
+        reply = fast_reply(data, site.view.table)
+        if reply is not None:
+            self.fast_counts[data[-4:-2]] += 1
+            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+            return
+        transport = self.transport
+
+        def send(wire: bytes) -> None:
+            if not transport.is_closing():  # type: ignore[union-attr]
+                transport.sendto(wire, addr)  # type: ignore[union-attr]
+
+        site.dispatcher.answer(data, site.view, "udp", send, site.tasks)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error in %s: %s", self.site.sandbox, exc)
+
+
+class TcpConnection:
+    """One client connection: read frames until idle or closed, answer each as it completes."""
+
+    def __init__(self, site: Site, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.site = site
+        self.reader = reader
+        self.writer = writer
+        self.pending: set[asyncio.Future] = set()
+        self.slots = asyncio.Semaphore(site.settings.tcp_max_pipelined)
+
+    async def serve(self) -> None:
+        try:
+            while (message := await self._read_frame()) is not None:
+                await self.slots.acquire()
+                task = self.site.dispatcher.answer(message, self.site.view, "tcp", self._send, self.pending)
+                if task is None:
+                    self.slots.release()
+                else:
+                    task.add_done_callback(lambda _t: self.slots.release())
+            if self.pending:
+                await asyncio.wait(self.pending, timeout=self.site.settings.tcp_idle_timeout)
+        finally:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+    def _send(self, wire: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(struct.pack("!H", len(wire)) + wire)
+
+    async def _read_frame(self) -> bytes | None:
+        timeout = self.site.settings.tcp_idle_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                size = struct.unpack("!H", await self.reader.readexactly(2))[0]
+                if size < 12 or size > self.site.settings.tcp_max_message:
+                    return None
+                return await self.reader.readexactly(size)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+            return None
+
+
+async def serve_tcp(site: Site, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    if site.tcp_connections >= site.settings.tcp_max_connections:
+        writer.close()
+        return
+    site.tcp_connections += 1
+    try:
+        await TcpConnection(site, reader, writer).serve()
+    finally:
+        site.tcp_connections -= 1

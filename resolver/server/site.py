@@ -1,0 +1,57 @@
+"""A site: one sandbox's listening sockets served on the loop (the aiohttp Site idea).
+
+Rules: a site serves from the moment `start` returns; `view` is swapped whole when the registry
+changes; `close` stops accepting, lets in-flight queries finish up to a timeout, and closes the
+sockets (an open socket keeps a deleted namespace alive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+from resolver.config import Settings
+from resolver.nsinject.netns import Listeners
+from resolver.registry.view import View
+from resolver.server.dispatch import Dispatcher
+from resolver.server.listeners import UdpListener, serve_tcp
+
+
+@dataclass(eq=False)
+class Site:
+    sandbox: str
+    view: View
+    listeners: Listeners
+    dispatcher: Dispatcher
+    settings: Settings
+    tasks: set[asyncio.Future] = field(default_factory=set)
+    tcp_connections: int = 0
+    udp_transport: asyncio.DatagramTransport | None = None
+    tcp_server: asyncio.base_events.Server | None = None
+
+    async def start(self, fast_counts: Counter[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        self.udp_transport, _ = await loop.create_datagram_endpoint(
+            lambda: UdpListener(self, fast_counts), sock=self.listeners.udp
+        )
+        self.tcp_server = await asyncio.start_server(
+            lambda r, w: serve_tcp(self, r, w), sock=self.listeners.tcp
+        )
+
+    async def close(self, drain_timeout: float) -> None:
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=drain_timeout)
+        if self.udp_transport is not None:
+            self.udp_transport.close()
+        if self.tcp_server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.tcp_server.wait_closed(), drain_timeout)
+        self.listeners.close()
+
+    @property
+    def port(self) -> int:
+        return self.listeners.port

@@ -1,0 +1,143 @@
+"""Exchanges with upstream servers: one fresh socket per attempt, so the kernel picks an
+unpredictable source port; the query id comes from `secrets`. Replies that do not match the
+outstanding query are ignored until the deadline (RFC 5452). Servers that time out are marked down
+and skipped until `down_for` has passed; then one query probes them again.
+
+Sockets for upstreams that must be reached from inside a sandbox are created in its namespace by the
+namespace worker; the event loop thread never switches namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+
+from resolver.core import forward as fw
+from resolver.registry.model import Upstream
+
+SocketFactory = Callable[[Upstream, int], Awaitable[socket.socket]]
+
+
+class UpstreamError(Exception):
+    """One attempt failed; `reason` is a metrics label (timeout, refused, network, ...)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(address.split("%")[0]).version == 6 else socket.AF_INET
+
+
+def plain_socket(upstream: Upstream, kind: int) -> socket.socket:
+    """A non-blocking socket in the calling thread's namespace."""
+    sock = socket.socket(_family(upstream.address), kind)
+    sock.setblocking(False)
+    return sock
+
+
+class Health:
+    """Which servers are down (timed out recently), with an injected clock for tests."""
+
+    def __init__(self, down_for: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.down_for = down_for
+        self.clock = clock
+        self._down_until: dict[tuple[str, int], float] = {}
+
+    def order(self, upstreams: tuple[Upstream, ...]) -> list[Upstream]:
+        """Servers that are up, in order, then those that are down (still tried as a last resort)."""
+        now = self.clock()
+        up = [u for u in upstreams if self._down_until.get((u.address, u.port), 0.0) <= now]
+        down = [u for u in upstreams if u not in up]
+        return up + down
+
+    def failed(self, upstream: Upstream) -> None:
+        self._down_until[(upstream.address, upstream.port)] = self.clock() + self.down_for
+
+    def succeeded(self, upstream: Upstream) -> None:
+        self._down_until.pop((upstream.address, upstream.port), None)
+
+    def down(self) -> list[str]:
+        now = self.clock()
+        return [f"{a}:{p}" for (a, p), until in self._down_until.items() if until > now]
+
+
+async def exchange_udp(
+    sock: socket.socket, upstream: Upstream, query: bytes, query_id: int, question: bytes, timeout: float
+) -> bytes:
+    """Send `query` on a connected UDP socket and wait for the reply that matches it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        await loop.sock_connect(sock, (upstream.address, upstream.port))
+        await loop.sock_sendall(sock, query)
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise UpstreamError("timeout", f"{upstream.address} gave no matching answer in {timeout} s")
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 65535), remaining)
+            except TimeoutError:
+                continue
+            if fw.matches(data, query_id, question):
+                return data
+    except ConnectionRefusedError:
+        raise UpstreamError("refused", f"{upstream.address}:{upstream.port} port unreachable") from None
+    except OSError as exc:
+        raise UpstreamError("network", f"{upstream.address}: {exc.strerror or exc}") from None
+
+
+async def exchange_tcp(
+    sock: socket.socket, upstream: Upstream, query: bytes, query_id: int, question: bytes, timeout: float
+) -> bytes:
+    """Send `query` over TCP (length-prefixed) and return the matching reply."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (upstream.address, upstream.port))
+            await loop.sock_sendall(sock, struct.pack("!H", len(query)) + query)
+            while True:
+                size = struct.unpack("!H", await _recv_exactly(loop, sock, 2))[0]
+                data = await _recv_exactly(loop, sock, size)
+                if fw.matches(data, query_id, question):
+                    return data
+    except TimeoutError:
+        raise UpstreamError("timeout", f"{upstream.address} over TCP gave no answer in {timeout} s") from None
+    except ConnectionRefusedError:
+        raise UpstreamError("refused", f"{upstream.address}:{upstream.port} refused TCP") from None
+    except OSError as exc:
+        raise UpstreamError("network", f"{upstream.address}: {exc.strerror or exc}") from None
+
+
+async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await loop.sock_recv(sock, size - len(data))
+        if not chunk:
+            raise OSError("connection closed by the upstream")
+        data += chunk
+    return data
+
+
+async def ask(
+    make_socket: SocketFactory,
+    upstream: Upstream,
+    query_for: Callable[[int], bytes],
+    question: bytes,
+    timeout: float,
+    tcp: bool,
+) -> bytes:
+    """One attempt against one server with a fresh id and a fresh socket."""
+    query_id = secrets.randbits(16)
+    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+    sock = await make_socket(upstream, kind)
+    with contextlib.closing(sock):
+        exchange = exchange_tcp if tcp else exchange_udp
+        return await exchange(sock, upstream, query_for(query_id), query_id, question, timeout)
