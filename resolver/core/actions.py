@@ -27,6 +27,7 @@ class Forward:
     upstreams: tuple[Upstream, ...]
     max_size: int
     edns: bool
+    do: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,6 @@ from __future__ import annotations
 import struct
 from typing import Literal, Protocol
 
-import dns.exception
-import dns.message
-
 from resolver.core import wire as w
 from resolver.core.actions import Action, Drop, Forward, Reply
 from resolver.core.local import LocalAnswer, Prepared, prepared
@@ -37,14 +34,6 @@ class ForwardCache(Protocol):
     """A cache of forwarded answers; returns a whole reply for the client or None."""
 
     def lookup(self, forward: Forward, query: bytes, now: float) -> bytes | None: ...
-
-
-class _Edns:
-    __slots__ = ("do", "payload")
-
-    def __init__(self, payload: int, do: bool) -> None:
-        self.payload = payload
-        self.do = do
 
 
 def fast_reply(wire: bytes, table: NameTable) -> bytes | None:
@@ -90,28 +79,19 @@ def _formerr(wire: bytes, flags: int) -> Reply:
     return Reply(w.header_only(wire, flags & w.RD, w.FORMERR), "formerr")
 
 
-def _read_edns(wire: bytes, question: w.Question, arcount: int) -> _Edns | int | None:
-    """EDNS of the query: None without OPT, an _Edns, or the EDNS version when it is not 0."""
-    if arcount == 0:
-        if question.end != len(wire):
-            raise w.WireError("trailing bytes after the question")
-        return None
-    try:
-        message = dns.message.from_wire(wire)
-    except (dns.exception.DNSException, ValueError, TypeError, IndexError, KeyError, struct.error) as exc:
-        raise w.WireError(str(exc)) from None
-    if message.edns < 0:
-        return None
-    if message.edns > 0:
-        return message.edns
-    return _Edns(max(512, message.payload), bool(message.ednsflags & w.DO_FLAG))
+def _read_edns(wire: bytes, question: w.Question, arcount: int) -> w.Edns | int | None:
+    """EDNS of the query: None without OPT, an Edns, or the EDNS version when it is not 0."""
+    edns = w.read_additional(wire, question.end, arcount)
+    if edns is not None and edns.version > 0:
+        return edns.version
+    return edns
 
 
 def _answer(
     wire: bytes,
     flags: int,
     question: w.Question,
-    edns: _Edns | int | None,
+    edns: w.Edns | int | None,
     view: View,
     cache: ForwardCache | None,
     now: float,
@@ -140,6 +120,7 @@ def _answer(
         upstreams=view.upstreams,
         max_size=reply.max_size,
         edns=edns is not None,
+        do=reply.edns.do if reply.edns else False,
     )
     cached = cache.lookup(forward, wire, now) if cache is not None else None
     if cached is not None:
@@ -159,14 +140,14 @@ class _Replier:
         wire: bytes,
         flags: int,
         question: w.Question,
-        edns: _Edns | int | None,
+        edns: w.Edns | int | None,
         transport: Transport,
         may_forward: bool,
     ) -> None:
         self.wire = wire
         self.flags = flags & (w.RD | w.CD)
         self.question = question
-        self.edns = edns if isinstance(edns, _Edns) else None
+        self.edns = edns if isinstance(edns, w.Edns) else None
         self.may_forward = may_forward
         if transport == "tcp":
             self.max_size = TCP_LIMIT

@@ -14,7 +14,6 @@ from __future__ import annotations
 import struct
 from enum import Enum
 
-import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -30,16 +29,6 @@ class Verdict(Enum):
     ANSWER = "answer"
     TRY_NEXT = "try-next"
     TRUNCATED = "truncated"
-
-
-def client_do(query: bytes, forward: Forward) -> bool:
-    """Whether the client's OPT had the DO bit (only queries with EDNS reach here with edns=True)."""
-    if not forward.edns:
-        return False
-    try:
-        return bool(dns.message.from_wire(query).ednsflags & w.DO_FLAG)
-    except dns.exception.DNSException:
-        return False
 
 
 def upstream_query(forward: Forward, query_id: int, do: bool) -> bytes:

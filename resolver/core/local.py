@@ -122,18 +122,21 @@ class Prepared:
     """A memoised local answer with its rotation counter and, when it fits a plain UDP reply, the
     pre-encoded pieces the fast path splices around the client's id and question."""
 
-    __slots__ = ("answer", "base_flags", "counts", "plain_bodies", "turn")
+    __slots__ = ("answer", "base_flags", "counts", "plain_bodies", "prefixes", "rotations", "turn")
 
     def __init__(self, answer: LocalAnswer, recursion_available: bool) -> None:
         self.answer = answer
         self.turn = 0
+        self.rotations = answer.rotations
         self.base_flags = w.QR | w.AA | (w.RA if recursion_available else 0) | answer.rcode
         self.counts = (len(answer.records(0)), len(answer.authority), len(answer.additional))
-        self.plain_bodies: list[bytes | None] = [None] * answer.rotations
+        self.plain_bodies: list[bytes | None] = [None] * self.rotations
+        an, ns, ar = self.counts
+        self.prefixes = tuple(struct.pack("!HHHHH", self.base_flags | rd, 1, an, ns, ar) for rd in (0, w.RD))
 
     def next_turn(self) -> int:
         turn = self.turn
-        self.turn = (turn + 1) % self.answer.rotations
+        self.turn = turn + 1 if turn + 1 < self.rotations else 0
         return turn
 
     def plain_body(self, turn: int) -> bytes:
@@ -148,10 +151,10 @@ class Prepared:
 
     def fast_reply(self, query: bytes) -> bytes:
         """The reply to a plain query (RD/AD only, one question, no EDNS) for this name and type."""
-        turn = self.next_turn()
-        flags = self.base_flags | ((query[2] & 1) << 8)
-        an, ns, ar = self.counts
-        return query[:2] + struct.pack("!HHHHH", flags, 1, an, ns, ar) + query[12:] + self.plain_body(turn)
+        turn = self.turn
+        self.turn = turn + 1 if turn + 1 < self.rotations else 0
+        body = self.plain_bodies[turn] or self.plain_body(turn)
+        return query[:2] + self.prefixes[query[2] & 1] + query[12:] + body
 
 
 def prepared(table: NameTable, key: bytes, qtype: int) -> Prepared | LocalAnswer | None:

@@ -108,3 +108,64 @@ def header_only(wire: bytes, flags: int, rcode: int) -> bytes:
 
 def query_flags(wire: bytes) -> int:
     return (wire[2] << 8) | wire[3]
+
+
+@dataclass(frozen=True, slots=True)
+class Edns:
+    """The query's OPT record: the requestor's payload size (at least 512), version and DO bit."""
+
+    payload: int
+    version: int
+    do: bool
+
+
+def skip_name(wire: bytes, offset: int) -> int:
+    """Offset after a possibly compressed name (pointers must point backwards); WireError if invalid."""
+    size = len(wire)
+    while True:
+        if offset >= size:
+            raise WireError("name runs past the end of the message")
+        length = wire[offset]
+        if length == 0:
+            return offset + 1
+        if length & 0xC0 == 0xC0:
+            if offset + 2 > size or ((length & 0x3F) << 8 | wire[offset + 1]) >= offset:
+                raise WireError("bad compression pointer")
+            return offset + 2
+        if length > 63:
+            raise WireError("reserved label type")
+        offset += length + 1
+
+
+def read_additional(wire: bytes, offset: int, count: int) -> Edns | None:
+    """Walk the additional section (the only one a query may carry): at most one OPT, owned by the
+    root, with well-formed options; other records (TSIG, SIG(0)) are skipped. No trailing bytes."""
+    edns: Edns | None = None
+    for _ in range(count):
+        owner = offset
+        offset = skip_name(wire, offset)
+        if offset + 10 > len(wire):
+            raise WireError("record header cut short")
+        rtype, rclass, ttl, rdlen = RR_FIXED.unpack_from(wire, offset)
+        offset += 10
+        end = offset + rdlen
+        if end > len(wire):
+            raise WireError("record data runs past the end of the message")
+        if rtype == OPT:
+            if edns is not None or wire[owner] != 0:
+                raise WireError("more than one OPT record, or an OPT not owned by the root")
+            _check_options(wire, offset, end)
+            edns = Edns(max(512, rclass), (ttl >> 16) & 0xFF, bool(ttl & DO_FLAG))
+        offset = end
+    if offset != len(wire):
+        raise WireError("trailing bytes after the last record")
+    return edns
+
+
+def _check_options(wire: bytes, offset: int, end: int) -> None:
+    while offset < end:
+        if offset + 4 > end:
+            raise WireError("EDNS option header cut short")
+        offset += 4 + ((wire[offset + 2] << 8) | wire[offset + 3])
+    if offset != end:
+        raise WireError("EDNS option runs past its record")

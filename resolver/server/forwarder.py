@@ -68,7 +68,7 @@ class Forwarder:
         self.total += 1
         self.per_sandbox[sandbox] += 1
         try:
-            do = fw.client_do(forward.query, forward)
+            do = forward.do
             reply = await self._shared(forward, sandbox, do, tcp)
             if reply is None:
                 return fw.servfail(forward), "servfail"

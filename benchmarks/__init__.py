@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): run as scripts, print numbers and ratios."""
