@@ -28,6 +28,7 @@ from typing import Any
 
 from resolver import config
 from resolver.config import Settings
+from resolver.core.cache import AnswerCache
 from resolver.nsinject import netns as ns
 from resolver.nsinject import redirect, resolvfile
 from resolver.nsinject.resolvconf import parse as parse_resolv_conf
@@ -86,8 +87,13 @@ class Daemon:
         self.records: dict[str, SandboxRecord] = {}
         self.sites: dict[str, Site] = {}
         self.metrics = Metrics()
-        self.forwarder = Forwarder(settings, self.metrics, self._sandbox_sockets)
-        self.dispatcher = Dispatcher(self.metrics, self.forwarder)
+        self.cache = (
+            AnswerCache(settings.cache_size, settings.cache_max_ttl, settings.cache_min_negative_ttl)
+            if settings.cache_enabled
+            else None
+        )
+        self.forwarder = Forwarder(settings, self.metrics, self._sandbox_sockets, self.cache)
+        self.dispatcher = Dispatcher(self.metrics, self.forwarder, self.cache)
         self.worker: ns.NamespaceWorker | None = None
         self.host_servers: tuple[str, ...] = ()
         self.host_text: str | None = None
@@ -419,6 +425,9 @@ class Daemon:
             "host_upstreams": list(self.host_servers),
             "upstreams_down": self.forwarder.health.down(),
             "generation": state.generation,
+            "cache": None
+            if self.cache is None
+            else {"entries": len(self.cache), "hits": self.cache.hits, "misses": self.cache.misses},
         }
 
 

@@ -28,6 +28,7 @@ class Forward:
     max_size: int
     edns: bool
     do: bool = False
+    scope: tuple = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 from resolver.core import wire as w
 from resolver.core.actions import Action, Drop, Forward, Reply
+from resolver.core.cache import CachedAnswer
 from resolver.core.local import LocalAnswer, Prepared, prepared
 from resolver.registry.view import NameTable, View
 
@@ -31,9 +32,15 @@ QCLASS_IN = b"\x00\x01"
 
 
 class ForwardCache(Protocol):
-    """A cache of forwarded answers; returns a whole reply for the client or None."""
+    """A cache of forwarded answers (see resolver.core.cache.AnswerCache)."""
 
-    def lookup(self, forward: Forward, query: bytes, now: float) -> bytes | None: ...
+    def get(self, forward: Forward, now: float) -> CachedAnswer | None: ...
+
+
+def upstream_scope(view: View) -> tuple:
+    """Identity of a sandbox's upstream set: servers reached from inside a sandbox are its own."""
+    inside = any(u.from_sandbox for u in view.upstreams)
+    return (view.upstreams, view.sandbox if inside else None)
 
 
 def fast_reply(wire: bytes, table: NameTable) -> bytes | None:
@@ -121,10 +128,11 @@ def _answer(
         max_size=reply.max_size,
         edns=edns is not None,
         do=reply.edns.do if reply.edns else False,
+        scope=upstream_scope(view),
     )
-    cached = cache.lookup(forward, wire, now) if cache is not None else None
+    cached = cache.get(forward, now) if cache is not None else None
     if cached is not None:
-        return Reply(cached, "cache")
+        return reply.cached(cached)
     if not view.upstreams:
         return reply.error(w.SERVFAIL, "no-upstream")
     return forward
@@ -169,6 +177,10 @@ class _Replier:
             answer, turn = local, 0
         flags = self._flags(w.AA | answer.rcode, recursion=True)
         return Reply(self._assemble(flags, answer, turn), answer.rule)
+
+    def cached(self, cached: CachedAnswer) -> Reply:
+        answer = LocalAnswer(cached.rcode, (cached.records,) if cached.records else (), rule="cache")
+        return Reply(self._assemble(self._flags(cached.rcode, recursion=True), answer, 0), "cache")
 
     def error(self, rcode: int, outcome: str, recursion: bool = True) -> Reply:
         return Reply(self._assemble(self._flags(rcode, recursion), LocalAnswer(rcode), 0), outcome)

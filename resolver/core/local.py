@@ -11,6 +11,7 @@ general path share one rotation and produce the same bytes.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ SOA_TIMERS = (3600, 600, 86400)
 MEMO_TYPES = frozenset({w.A, w.AAAA, w.PTR, w.SRV, w.ANY, w.SOA, w.NS})
 FAST_TYPES = frozenset({w.A, w.AAAA, w.PTR})
 PLAIN_UDP_LIMIT = 512
+MAX_ROTATIONS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +37,8 @@ class LocalAnswer:
 
     @property
     def rotations(self) -> int:
-        return max((len(g) for g in self.groups), default=1) or 1
+        """Turns before every group is back at its start (so each group's first record spreads evenly)."""
+        return min(math.lcm(*(len(g) for g in self.groups if g)) if self.groups else 1, MAX_ROTATIONS)
 
     def records(self, turn: int) -> list[bytes]:
         out: list[bytes] = []

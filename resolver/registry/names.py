@@ -16,7 +16,9 @@ from resolver.registry.errors import InvalidValue
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
-MAX_DOMAIN_TEXT = 253
+MAX_DOMAIN_TEXT = 189
+"""A domain leaves room for one 63-octet label in front: answer targets (`name.domain.`) and the SOA
+contact (`hostmaster.domain.`) must fit the 255-octet wire limit."""
 
 
 def check_label(value: str, what: str) -> str:
@@ -33,7 +35,10 @@ def check_domain(value: str, what: str = "domain") -> str:
     """Return `value` without a trailing dot if it is a valid multi-label DNS name."""
     text = value[:-1] if isinstance(value, str) and value.endswith(".") else value
     if not isinstance(text, str) or not text or len(text) > MAX_DOMAIN_TEXT:
-        raise InvalidValue(f"{what} {value!r} is not a valid DNS name (1-253 characters)")
+        raise InvalidValue(
+            f"{what} {value!r} is not a valid DNS name (1-{MAX_DOMAIN_TEXT} characters, so that a "
+            "63-character name still fits in front of it)"
+        )
     for label in text.split("."):
         check_label(label, f"{what} {value!r}: label")
     return text

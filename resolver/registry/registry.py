@@ -261,7 +261,7 @@ def _set_upstreams(state: State, ev: SetSandboxUpstreams) -> Change:
     sandbox = state.sandboxes.get(ev.sandbox)
     if sandbox is None:
         raise NotFound(f"sandbox {ev.sandbox!r} is not known")
-    servers = tuple(s for s in ev.upstreams if s)
+    servers = _check_servers(ev.upstreams)
     sandbox = replace(sandbox, original_upstreams=servers)
     return Change(replace(state, sandboxes=_with(state.sandboxes, sandbox.netns, sandbox)))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -80,8 +81,7 @@ class Forwarder:
                 del self.per_sandbox[sandbox]
 
     async def _shared(self, forward: Forward, sandbox: str, do: bool, tcp: bool) -> bytes | None:
-        scope = upstream_scope(forward.upstreams, sandbox)
-        key = (scope, forward.key, forward.qtype, do, tcp)
+        key = (forward.scope, forward.key, forward.qtype, do, tcp)
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.ensure_future(self._fetch(forward, sandbox, do, tcp))
@@ -95,7 +95,7 @@ class Forwarder:
             reply = await self._attempt(forward, sandbox, upstream, do, tcp)
             if reply is not None:
                 if self.cache is not None:
-                    self.cache.store(forward, sandbox, do, reply)
+                    self.cache.store(forward, reply, time.time())
                 return reply
         return None
 
@@ -141,9 +141,3 @@ class Forwarder:
     def _failed(self, upstream: Upstream, reason: str, detail: str) -> None:
         self.metrics.upstream_errors[(upstream.address, reason)] += 1
         log.debug("upstream %s failed: %s", upstream.address, detail)
-
-
-def upstream_scope(upstreams: tuple[Upstream, ...], sandbox: str) -> tuple:
-    """Identity of an upstream set: servers reached from inside a sandbox are that sandbox's own."""
-    inside = any(u.from_sandbox for u in upstreams)
-    return (upstreams, sandbox if inside else None)

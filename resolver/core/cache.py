@@ -1,0 +1,121 @@
+"""Cache of forwarded answers (pure: the caller passes `now`).
+
+Rules: only NOERROR and NXDOMAIN replies are cached, and only their answer section (RFC 5452 section 6:
+nothing from authority or additional is ever served from here). Positive entries live for the smallest
+answer TTL; negative ones (NXDOMAIN, or NOERROR without answers) for min(SOA TTL, SOA minimum) of the
+SOA in the reply (RFC 2308), and not at all without one. Every lifetime is capped by `max_ttl`. TTLs
+are counted down on the way out. Entries are keyed by the upstream scope (the upstream set, plus the
+sandbox when servers are reached from inside it), the lower-cased name, the type and the DO bit, so
+sandboxes with different upstreams never share an entry. Records whose owner is the question name are
+stored with a pointer to the question, so every client gets its own spelling back.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import dns.exception
+import dns.message
+import dns.rdatatype
+from cachetools import TLRUCache
+
+from resolver.core import wire as w
+from resolver.core.actions import Forward
+
+CacheKey = tuple[tuple, bytes, int, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRecord:
+    head: bytes
+    ttl: int
+    tail: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    rcode: int
+    records: tuple[CachedRecord, ...]
+    stored: float
+    lifetime: float
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """What the core needs to build the reply: rcode and answer records with TTLs counted down."""
+
+    rcode: int
+    records: tuple[bytes, ...]
+
+
+def cache_key(forward: Forward) -> CacheKey:
+    return (forward.scope, forward.key, forward.qtype, forward.do)
+
+
+def _negative_lifetime(message: dns.message.Message) -> int | None:
+    for rrset in message.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return min(rrset.ttl, rrset[0].minimum)
+    return None
+
+
+def _encode(message: dns.message.Message, qname: dns.name.Name) -> tuple[CachedRecord, ...]:
+    records = []
+    for rrset in message.answer:
+        owner = w.QUESTION_POINTER if rrset.name == qname else rrset.name.to_wire()
+        for rdata in rrset:
+            data = rdata.to_wire()
+            head = owner + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
+            records.append(CachedRecord(head, rrset.ttl, struct.pack("!H", len(data)) + data))
+    return tuple(records)
+
+
+class AnswerCache:
+    def __init__(self, size: int, max_ttl: int, min_negative_ttl: int = 0) -> None:
+        self.max_ttl = max_ttl
+        self.min_negative_ttl = min_negative_ttl
+        self._now = 0.0
+        self._entries: TLRUCache[CacheKey, Entry] = TLRUCache(
+            maxsize=max(1, size), ttu=lambda _k, entry, now: now + entry.lifetime, timer=lambda: self._now
+        )
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, forward: Forward, now: float) -> CachedAnswer | None:
+        self._now = now
+        entry = self._entries.get(cache_key(forward))
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        elapsed = int(now - entry.stored)
+        records = tuple(r.head + struct.pack("!I", max(0, r.ttl - elapsed)) + r.tail for r in entry.records)
+        return CachedAnswer(entry.rcode, records)
+
+    def store(self, forward: Forward, reply: bytes, now: float) -> bool:
+        """Cache the answer of an accepted upstream reply; False when it is not cacheable."""
+        try:
+            message = dns.message.from_wire(reply, ignore_trailing=True)
+        except (dns.exception.DNSException, ValueError):
+            return False
+        rcode = message.rcode()
+        if message.flags & w.TC or rcode not in (w.NOERROR, w.NXDOMAIN) or not message.question:
+            return False
+        qname = message.question[0].name
+        if rcode == w.NOERROR and message.answer:
+            lifetime = min(rrset.ttl for rrset in message.answer)
+        else:
+            negative = _negative_lifetime(message)
+            if negative is None:
+                return False
+            lifetime = max(negative, self.min_negative_ttl)
+        lifetime = min(lifetime, self.max_ttl)
+        if lifetime <= 0:
+            return False
+        self._now = now
+        self._entries[cache_key(forward)] = Entry(rcode, _encode(message, qname), now, lifetime)
+        return True
