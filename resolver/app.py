@@ -239,7 +239,13 @@ class Daemon:
 
     async def _rewrite_resolv_conf(self, netns: str, explicit: str | None) -> None:
         record = self.records[netns]
-        path = resolvfile.resolv_conf_path_for(netns, explicit or record.resolv_conf)
+        try:
+            path = resolvfile.resolv_conf_path_for(netns, explicit or record.resolv_conf)
+        except ValueError:
+            log.warning(
+                "no resolv.conf is known for %s (pass --resolv-conf); it is served but not rewritten", netns
+            )
+            return
         previous = resolvfile.Rewrite.from_dict(record.rewrite) if record.rewrite else None
         try:
             rewrite, servers = await asyncio.to_thread(

@@ -8,8 +8,9 @@ Parsing follows glibc (resolv.conf(5)), leniently:
 
 - the file is split on ``\\n`` only; trailing blanks (and a ``\\r``) are ignored;
 - a line whose first character is ``#`` or ``;`` is a comment and is dropped;
-- a directive starts in column 0 with an ASCII letter; its words are separated by spaces or tabs; any
-  other line (leading blank, punctuation...) is garbage and is dropped, as glibc ignores it;
+- a directive starts in column 0 with an ASCII letter; its words are separated by spaces or tabs (a
+  stray ``\\r`` counts as a blank); any other line (leading blank, punctuation...) is garbage and is
+  dropped, as glibc ignores it;
 - ``nameserver ADDR``: ADDR ends at a blank, ``#`` or ``;`` and must be an IPv4 or IPv6 address (an IPv6
   ``%zone`` is allowed); it is kept as written; invalid ones are dropped;
 - ``domain NAME`` and ``search NAME...``: the last of them wins; ``domain`` keeps only its first word;
