@@ -138,6 +138,7 @@ class Daemon:
         async with self.lock:
             for netns in list(self.sites):
                 await self._detach(netns, restore=self.settings.restore_resolv_conf_on_exit, keep_record=True)
+        self.forwarder.close()
         if self.worker is not None:
             self.worker.close()
         log.info("stopped")

@@ -38,7 +38,7 @@ class Settings:
     tcp_max_pipelined: int = 16
     tcp_max_message: int = 65535
     upstream_timeout: float = 1.0
-    upstream_down_for: float = 5.0
+    upstream_probe_interval: float = 2.0
     upstream_max_attempts: int = 3
     limits_inflight_total: int = 1024
     limits_inflight_per_sandbox: int = 256

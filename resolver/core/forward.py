@@ -59,22 +59,71 @@ def verdict(reply: bytes) -> Verdict:
     return Verdict.ANSWER
 
 
-def relay(reply: bytes, forward: Forward, do: bool) -> bytes:
+def relay(reply: bytes, forward: Forward) -> bytes:
     """The upstream reply made the client's: its id and spelling, its EDNS or none, its size limit."""
+    spliced = _splice(reply, forward)
+    return spliced if spliced is not None else _rebuild(reply, forward)
+
+
+def _splice(reply: bytes, forward: Forward) -> bytes | None:
+    """Byte-level relay for the common case: the question has the client's length (it is the one we
+    sent), the upstream OPT is the last record and carries no extended rcode, the result fits. The
+    records keep their offsets, so compression pointers stay valid. None means use `_rebuild`."""
+    start = 12 + len(forward.question)
+    if len(reply) < start:
+        return None
+    flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHHH", reply, 2)
+    if qdcount != 1:
+        return None
+    try:
+        end, opt_start = _walk_records(reply, start, ancount + nscount, arcount)
+    except w.WireError:
+        return None
+    if opt_start is not None and struct.unpack_from("!I", reply, opt_start + 5)[0] >> 24:
+        return None
+    body = reply[start : end if opt_start is None else opt_start]
+    opt = w.encode_opt(do=forward.do) if forward.edns else b""
+    client_rd = w.query_flags(forward.query) & w.RD
+    new_flags = (flags & (w.AD | w.CD | 0x000F)) | w.QR | w.RA | client_rd
+    additional = arcount - (opt_start is not None) + bool(opt)
+    header = struct.pack("!HHHHH", new_flags, 1, ancount, nscount, additional)
+    message = b"".join((forward.query[:2], header, forward.question, body, opt))
+    return message if len(message) <= forward.max_size else None
+
+
+def _walk_records(reply: bytes, offset: int, before_additional: int, arcount: int) -> tuple[int, int | None]:
+    """End of the last record and the start of the OPT record (None without one); WireError when an
+    OPT is anywhere but last in the additional section."""
+    opt_start = None
+    total = before_additional + arcount
+    for index in range(total):
+        record = offset
+        offset = w.skip_name(reply, offset)
+        if offset + 10 > len(reply):
+            raise w.WireError("record cut short")
+        rtype = (reply[offset] << 8) | reply[offset + 1]
+        offset += 10 + ((reply[offset + 8] << 8) | reply[offset + 9])
+        if offset > len(reply):
+            raise w.WireError("record data runs past the end")
+        if rtype == w.OPT:
+            if index != total - 1 or reply[record] != 0:
+                raise w.WireError("OPT not last, or not owned by the root")
+            opt_start = record
+    return offset, opt_start
+
+
+def _rebuild(reply: bytes, forward: Forward) -> bytes:
     message = dns.message.from_wire(reply, ignore_trailing=True)
     message.id = struct.unpack_from("!H", forward.query)[0]
     _set_question_spelling(message, forward)
     rcode = message.rcode()
     if forward.edns:
-        message.use_edns(0, w.DO_FLAG if do else 0, UPSTREAM_PAYLOAD)
+        message.use_edns(0, w.DO_FLAG if forward.do else 0, UPSTREAM_PAYLOAD)
     else:
         message.use_edns(False)
     message.set_rcode(rcode)
-    message.flags &= ~dns.flags.AA
-    message.flags |= dns.flags.RA
-    client_flags = w.query_flags(forward.query)
-    if not client_flags & w.RD:
-        message.flags &= ~dns.flags.RD
+    message.flags &= ~(dns.flags.AA | dns.flags.RD)
+    message.flags |= dns.flags.RA | (w.query_flags(forward.query) & w.RD)
     return message.to_wire(max_size=forward.max_size, prefer_truncation=True)
 
 

@@ -22,9 +22,19 @@ from resolver.core import forward as fw
 from resolver.core.actions import Forward
 from resolver.registry.model import Upstream
 from resolver.server.metrics import Metrics
-from resolver.server.upstream import Health, SocketFactory, UpstreamError, ask, plain_socket
+from resolver.server.upstream import (
+    PROBE_QUESTION,
+    Health,
+    SocketFactory,
+    UpstreamError,
+    ask,
+    plain_socket,
+    probe_query,
+)
 
 log = logging.getLogger("resolver.forward")
+MAX_PROBES = 120
+"""After this many failed probes the server is tried by queries again (its sandbox may be gone)."""
 
 
 async def host_socket(upstream: Upstream, kind: int) -> socket.socket:
@@ -43,7 +53,8 @@ class Forwarder:
         self.metrics = metrics
         self.sandbox_sockets = sandbox_sockets
         self.cache = cache
-        self.health = Health(settings.upstream_down_for)
+        self.health = Health()
+        self._probes: set[asyncio.Future] = set()
         self.total = 0
         self.per_sandbox: Counter[str] = Counter()
         self.upstream_queries = 0
@@ -51,7 +62,10 @@ class Forwarder:
 
     def reconfigure(self, settings: Settings) -> None:
         self.settings = settings
-        self.health.down_for = settings.upstream_down_for
+
+    def close(self) -> None:
+        for probe in self._probes:
+            probe.cancel()
 
     def over_limit(self, sandbox: str) -> str | None:
         if self.total >= self.settings.limits_inflight_total:
@@ -73,7 +87,7 @@ class Forwarder:
             reply = await self._shared(forward, sandbox, do, tcp)
             if reply is None:
                 return fw.servfail(forward), "servfail"
-            return fw.relay(reply, forward, do), "upstream"
+            return fw.relay(reply, forward), "upstream"
         finally:
             self.total -= 1
             self.per_sandbox[sandbox] -= 1
@@ -90,7 +104,9 @@ class Forwarder:
         return await asyncio.shield(task)
 
     async def _fetch(self, forward: Forward, sandbox: str, do: bool, tcp: bool) -> bytes | None:
-        candidates = self.health.order(forward.upstreams)[: max(1, self.settings.upstream_max_attempts)]
+        candidates = self.health.order(forward.upstreams, sandbox)[
+            : max(1, self.settings.upstream_max_attempts)
+        ]
         for upstream in candidates:
             reply = await self._attempt(forward, sandbox, upstream, do, tcp)
             if reply is not None:
@@ -126,8 +142,8 @@ class Forwarder:
                 )
         except UpstreamError as exc:
             self._failed(upstream, exc.reason, str(exc))
-            if exc.reason == "timeout":
-                self.health.failed(upstream)
+            if exc.reason == "timeout" and self.health.failed(upstream, sandbox):
+                self._start_probe(upstream, sandbox, make_socket)
             return None
         except Exception as exc:  # a socket the namespace worker could not make, and the like
             self._failed(upstream, "error", repr(exc))
@@ -135,8 +151,29 @@ class Forwarder:
         if fw.verdict(reply) is fw.Verdict.TRY_NEXT:
             self._failed(upstream, f"rcode-{reply[3] & 0x0F}", "answered with an error rcode")
             return None
-        self.health.succeeded(upstream)
+        self.health.succeeded(upstream, sandbox)
         return reply
+
+    def _start_probe(self, upstream: Upstream, sandbox: str, make_socket: SocketFactory) -> None:
+        log.warning("upstream %s timed out; skipping it until it answers a probe", upstream.address)
+        probe = asyncio.ensure_future(self._probe(upstream, sandbox, make_socket))
+        self._probes.add(probe)
+        probe.add_done_callback(self._probes.discard)
+
+    async def _probe(self, upstream: Upstream, sandbox: str, make_socket: SocketFactory) -> None:
+        for _ in range(MAX_PROBES):
+            await asyncio.sleep(self.settings.upstream_probe_interval)
+            if not self.health.is_down(upstream, sandbox):
+                return
+            try:
+                await ask(
+                    make_socket, upstream, probe_query, PROBE_QUESTION, self.settings.upstream_timeout, False
+                )
+            except Exception:
+                continue
+            break
+        log.info("upstream %s answers again", upstream.address)
+        self.health.succeeded(upstream, sandbox)
 
     def _failed(self, upstream: Upstream, reason: str, detail: str) -> None:
         self.metrics.upstream_errors[(upstream.address, reason)] += 1

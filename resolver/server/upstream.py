@@ -15,7 +15,6 @@ import ipaddress
 import secrets
 import socket
 import struct
-import time
 from collections.abc import Awaitable, Callable
 
 from resolver.core import forward as fw
@@ -43,30 +42,49 @@ def plain_socket(upstream: Upstream, kind: int) -> socket.socket:
     return sock
 
 
+ServerKey = tuple[str | None, str, int]
+
+
+def server_key(upstream: Upstream, sandbox: str) -> ServerKey:
+    """Servers reached from inside a sandbox are that sandbox's own: 127.0.0.1 differs per sandbox."""
+    return (sandbox if upstream.from_sandbox else None, upstream.address, upstream.port)
+
+
 class Health:
-    """Which servers are down (timed out recently), with an injected clock for tests."""
+    """Which servers are down: a server that timed out is skipped (tried only when every server is
+    down) until a probe sees it answer again."""
 
-    def __init__(self, down_for: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.down_for = down_for
-        self.clock = clock
-        self._down_until: dict[tuple[str, int], float] = {}
+    def __init__(self) -> None:
+        self._down: set[ServerKey] = set()
 
-    def order(self, upstreams: tuple[Upstream, ...]) -> list[Upstream]:
-        """Servers that are up, in order, then those that are down (still tried as a last resort)."""
-        now = self.clock()
-        up = [u for u in upstreams if self._down_until.get((u.address, u.port), 0.0) <= now]
-        down = [u for u in upstreams if u not in up]
-        return up + down
+    def order(self, upstreams: tuple[Upstream, ...], sandbox: str) -> list[Upstream]:
+        up = [u for u in upstreams if server_key(u, sandbox) not in self._down]
+        return up or list(upstreams)
 
-    def failed(self, upstream: Upstream) -> None:
-        self._down_until[(upstream.address, upstream.port)] = self.clock() + self.down_for
+    def failed(self, upstream: Upstream, sandbox: str) -> bool:
+        """Mark the server down; True if it was up (the caller then starts probing it)."""
+        key = server_key(upstream, sandbox)
+        if key in self._down:
+            return False
+        self._down.add(key)
+        return True
 
-    def succeeded(self, upstream: Upstream) -> None:
-        self._down_until.pop((upstream.address, upstream.port), None)
+    def succeeded(self, upstream: Upstream, sandbox: str) -> None:
+        self._down.discard(server_key(upstream, sandbox))
+
+    def is_down(self, upstream: Upstream, sandbox: str) -> bool:
+        return server_key(upstream, sandbox) in self._down
 
     def down(self) -> list[str]:
-        now = self.clock()
-        return [f"{a}:{p}" for (a, p), until in self._down_until.items() if until > now]
+        return sorted(f"{a}:{p}" + (f" (from {s})" if s else "") for s, a, p in self._down)
+
+
+PROBE_QUESTION = b"\x00\x00\x02\x00\x01"
+"""The probe asks `. IN NS`: any well-formed answer, whatever its rcode, shows the server is back."""
+
+
+def probe_query(query_id: int) -> bytes:
+    return struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + PROBE_QUESTION
 
 
 async def exchange_udp(
