@@ -118,7 +118,12 @@ def lookup(table: NameTable, key: bytes, qtype: int) -> LocalAnswer | None:
     if data is not None:
         return answer_for(data, qtype)
     zone = table.authority_for(key)
-    return nxdomain(zone) if zone is not None else None
+    if zone is None:
+        return None
+    answer = table.memo.get(zone)
+    if answer is None:
+        answer = table.memo[zone] = nxdomain(zone)
+    return answer
 
 
 class Prepared:
