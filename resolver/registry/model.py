@@ -79,9 +79,10 @@ class Endpoint:
 
     @property
     def short_id(self) -> str | None:
-        """The id's first 12 characters, when they form a DNS label (Docker's short container id)."""
+        """The id's first 12 characters (Docker's short container id), for ids of at least 12
+        characters that start with a DNS label; shorter ids are not published as names."""
         short = self.id[:12]
-        return short if _SHORT_ID.match(short) else None
+        return short if len(short) == 12 and _SHORT_ID.match(short) else None
 
     def dns_names(self) -> tuple[str, ...]:
         """Primary name, aliases, short id and hostname, de-duplicated case-insensitively, in that order."""
