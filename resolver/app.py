@@ -26,7 +26,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from resolver import config
+from resolver import __version__, config
 from resolver.config import Settings
 from resolver.core.cache import AnswerCache
 from resolver.nsinject import netns as ns
@@ -35,7 +35,7 @@ from resolver.nsinject.resolvconf import parse as parse_resolv_conf
 from resolver.nsinject.resolvconf import upstream_servers
 from resolver.registry import model as m
 from resolver.registry.errors import InvalidValue, NotFound, RegistryError
-from resolver.registry.registry import Registry
+from resolver.registry.registry import Registry, find_endpoint
 from resolver.registry.view import View, Views
 from resolver.server.dispatch import Dispatcher
 from resolver.server.forwarder import Forwarder
@@ -413,14 +413,12 @@ class Daemon:
             return found
 
     def _find_endpoint(self, endpoint: str, network: str | None) -> m.Endpoint:
-        from resolver.registry.registry import find_endpoint
-
         return find_endpoint(self.registry.state, endpoint, network)
 
     def status(self) -> dict[str, Any]:
         state = self.registry.state
         return {
-            "version": __import__("resolver").__version__,
+            "version": __version__,
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started, 1),
             "listen": {"address": self.settings.listen_address, "mode": self.settings.listen_mode},
