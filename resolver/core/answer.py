@@ -179,7 +179,8 @@ class _Replier:
         return Reply(self._assemble(flags, answer, turn), answer.rule)
 
     def cached(self, cached: CachedAnswer) -> Reply:
-        answer = LocalAnswer(cached.rcode, (cached.records,) if cached.records else (), rule="cache")
+        groups = (cached.records,) if cached.records else ()
+        answer = LocalAnswer(cached.rcode, groups, cached.authority, rule="cache")
         return Reply(self._assemble(self._flags(cached.rcode, recursion=True), answer, 0), "cache")
 
     def error(self, rcode: int, outcome: str, recursion: bool = True) -> Reply:

@@ -1,11 +1,13 @@
 """Cache of forwarded answers (pure: the caller passes `now`).
 
 Rules: only NOERROR and NXDOMAIN replies are cached, and only their answer section (RFC 5452 section 6:
-nothing from authority or additional is ever served from here). Positive entries live for the smallest
-answer TTL; negative ones (NXDOMAIN, or NOERROR without answers) for min(SOA TTL, SOA minimum) of the
-SOA in the reply (RFC 2308), and not at all without one. Every lifetime is capped by `max_ttl`. TTLs
-are counted down on the way out. Entries are keyed by the upstream scope (the upstream set, plus the
-sandbox when servers are reached from inside it), the lower-cased name, the type and the DO bit, so
+no referral, glue or other additional data is ever served from here) - except that a negative answer
+(NXDOMAIN, or NOERROR without answers) keeps the SOA it came with, which RFC 2308 section 6 requires a
+cache to send along. Positive entries live for the smallest answer TTL; negative ones for
+min(SOA TTL, SOA minimum), and not at all without an SOA. Every lifetime, and every TTL handed out, is
+capped by `max_ttl` (the SOA of a negative entry by its lifetime); TTLs are counted down on the way out.
+Entries are keyed by the upstream scope (the upstream set, plus the sandbox when servers are reached
+from inside it), the lower-cased name, the type and the DO bit, so
 sandboxes with different upstreams never share an entry. Records whose owner is the question name are
 stored with a pointer to the question, so every client gets its own spelling back.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import dns.exception
 import dns.message
 import dns.rdatatype
+import dns.rrset
 from cachetools import TLRUCache
 
 from resolver.core import wire as w
@@ -37,6 +40,7 @@ class CachedRecord:
 class Entry:
     rcode: int
     records: tuple[CachedRecord, ...]
+    authority: tuple[CachedRecord, ...]
     stored: float
     lifetime: float
 
@@ -47,28 +51,33 @@ class CachedAnswer:
 
     rcode: int
     records: tuple[bytes, ...]
+    authority: tuple[bytes, ...] = ()
 
 
 def cache_key(forward: Forward) -> CacheKey:
     return (forward.scope, forward.key, forward.qtype, forward.do)
 
 
-def _negative_lifetime(message: dns.message.Message) -> int | None:
+def _soa(message: dns.message.Message) -> dns.rrset.RRset | None:
     for rrset in message.authority:
-        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
-            return min(rrset.ttl, rrset[0].minimum)
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset) == 1 and rrset.rdclass == w.CLASS_IN:
+            return rrset
     return None
 
 
-def _encode(message: dns.message.Message, qname: dns.name.Name) -> tuple[CachedRecord, ...]:
+def _encode(rrsets: list[dns.rrset.RRset], qname: dns.name.Name, max_ttl: int) -> tuple[CachedRecord, ...]:
     records = []
-    for rrset in message.answer:
+    for rrset in rrsets:
         owner = w.QUESTION_POINTER if rrset.name == qname else rrset.name.to_wire()
         for rdata in rrset:
             data = rdata.to_wire()
             head = owner + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
-            records.append(CachedRecord(head, rrset.ttl, struct.pack("!H", len(data)) + data))
+            records.append(CachedRecord(head, min(rrset.ttl, max_ttl), struct.pack("!H", len(data)) + data))
     return tuple(records)
+
+
+def _counted_down(records: tuple[CachedRecord, ...], elapsed: int) -> tuple[bytes, ...]:
+    return tuple(r.head + struct.pack("!I", max(0, r.ttl - elapsed)) + r.tail for r in records)
 
 
 class AnswerCache:
@@ -93,8 +102,9 @@ class AnswerCache:
             return None
         self.hits += 1
         elapsed = int(now - entry.stored)
-        records = tuple(r.head + struct.pack("!I", max(0, r.ttl - elapsed)) + r.tail for r in entry.records)
-        return CachedAnswer(entry.rcode, records)
+        return CachedAnswer(
+            entry.rcode, _counted_down(entry.records, elapsed), _counted_down(entry.authority, elapsed)
+        )
 
     def store(self, forward: Forward, reply: bytes, now: float) -> bool:
         """Cache the answer of an accepted upstream reply; False when it is not cacheable."""
@@ -106,16 +116,20 @@ class AnswerCache:
         if message.flags & w.TC or rcode not in (w.NOERROR, w.NXDOMAIN) or not message.question:
             return False
         qname = message.question[0].name
+        authority: list[dns.rrset.RRset] = []
         if rcode == w.NOERROR and message.answer:
             lifetime = min(rrset.ttl for rrset in message.answer)
         else:
-            negative = _negative_lifetime(message)
-            if negative is None:
+            soa = _soa(message)
+            if soa is None:
                 return False
-            lifetime = max(negative, self.min_negative_ttl)
+            authority = [soa]
+            lifetime = max(min(soa.ttl, soa[0].minimum), self.min_negative_ttl)
         lifetime = min(lifetime, self.max_ttl)
         if lifetime <= 0:
             return False
         self._now = now
-        self._entries[cache_key(forward)] = Entry(rcode, _encode(message, qname), now, lifetime)
+        records = _encode(message.answer, qname, self.max_ttl)
+        entry = Entry(rcode, records, _encode(authority, qname, int(lifetime)), now, lifetime)
+        self._entries[cache_key(forward)] = entry
         return True
