@@ -34,7 +34,7 @@ from resolver.nsinject import redirect, resolvfile
 from resolver.nsinject.resolvconf import parse as parse_resolv_conf
 from resolver.nsinject.resolvconf import upstream_servers
 from resolver.registry import model as m
-from resolver.registry.errors import InvalidValue, NotFound, RegistryError
+from resolver.registry.errors import Conflict, InvalidValue, NotFound, RegistryError
 from resolver.registry.registry import Registry, find_endpoint
 from resolver.registry.view import View, Views
 from resolver.server.dispatch import Dispatcher
@@ -393,6 +393,7 @@ class Daemon:
             event = replace(event, sandbox=netns)
             if netns not in self.registry.state.sandboxes and ns.netns_identity(netns) is None:
                 raise NotFound(f"network namespace {netns} does not exist")
+            self._check_resolv_conf_matches(netns, event.resolv_conf)
             change = self._apply(event)
             if change.added_sandboxes:
                 try:
@@ -402,6 +403,12 @@ class Daemon:
                     raise
             self._save()
             return self.registry.state.endpoints[(event.network, event.endpoint)]
+
+    def _check_resolv_conf_matches(self, netns: str, path: str | None) -> None:
+        """A sandbox has one resolv.conf: a later join may repeat it but not name another."""
+        record = self.records.get(netns)
+        if path and netns in self.sites and record is not None and record.resolv_conf not in (None, path):
+            raise Conflict(f"sandbox {netns} already uses resolv.conf {record.resolv_conf}, not {path}")
 
     async def leave(self, endpoint: str, network: str | None) -> m.Endpoint:
         async with self.lock:
