@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from resolver.control.client import call
@@ -59,10 +60,12 @@ def namespace() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], log: Path, netns: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    cmd: list[str], log: Path, netns: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     full = ["ip", "netns", "exec", netns, *cmd] if netns else cmd
     with open(log, "wb") as out:
-        proc = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         yield proc
     finally:
@@ -165,39 +168,37 @@ def report(rows: list[tuple[str, tuple[float, float, float]]], baseline: str) ->
         print(f"{label:<44}{qps:>12,.0f}{latency:>9.2f}{cpu:>10.1f}{qps / base:>19.2f}x")
 
 
-def start_daemon(
-    netns: str, workdir: Path, env: dict[str, str], upstream: str | None
-) -> contextlib.ExitStack:
-    stack = contextlib.ExitStack()
-    sock = workdir / "s.sock"
-    host_conf = workdir / "host-resolv.conf"
-    host_conf.write_text("")
+@dataclass
+class RunningDaemon:
+    pid: int
+    sock: str
+
+
+@contextlib.contextmanager
+def start_daemon(workdir: Path, env: dict[str, str]) -> Iterator[RunningDaemon]:
+    """Our daemon with a fresh state directory and no host upstreams."""
+    run_dir = workdir / f"daemon-{secrets.token_hex(3)}"
+    run_dir.mkdir()
+    (run_dir / "host-resolv.conf").write_text("")
+    sock = str(run_dir / "s.sock")
     cmd = [
         RESOLVER,
         "serve",
         "--socket",
-        str(sock),
+        sock,
         "--state-dir",
-        str(workdir / "state"),
+        str(run_dir / "state"),
         "--host-resolv-conf",
-        str(host_conf),
+        str(run_dir / "host-resolv.conf"),
         "--log-level",
         "warning",
     ]
-    full_env = {**os.environ, **env}
-    with open(workdir / "daemon.log", "ab") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
-        )
-    stack.callback(lambda: (os.killpg(proc.pid, signal.SIGTERM), proc.wait(10)))
-    for _ in range(100):
-        if run(RESOLVER, "status", "--socket", str(sock), check=False).returncode == 0:
-            break
-        time.sleep(0.1)
-    stack.enter_context(contextlib.nullcontext(proc))
-    stack.pid = proc.pid  # type: ignore[attr-defined]
-    stack.sock = str(sock)  # type: ignore[attr-defined]
-    return stack
+    with process(cmd, run_dir / "daemon.log", env={**os.environ, **env}) as proc:
+        for _ in range(100):
+            if run(RESOLVER, "status", "--socket", sock, check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        yield RunningDaemon(proc.pid, sock)
 
 
 def cli(sock: str, *args: str) -> None:
@@ -231,8 +232,8 @@ def bench_local(seconds: float, count: int) -> None:
             workdir, [f"{n}.corp.test" for n, _, _ in entries], [f"missing{i}.corp.test" for i in range(100)]
         )
         rows = []
-        with start_daemon(netns, workdir, {}, None) as daemon:
-            sock = daemon.sock  # type: ignore[attr-defined]
+        with start_daemon(workdir, {}) as daemon:
+            sock = daemon.sock
             cli(sock, "network", "create", "bench", "--domain", "corp.test", "--internal")
             for i, (name, v4, v6) in enumerate(entries):
                 body = {
@@ -247,7 +248,7 @@ def bench_local(seconds: float, count: int) -> None:
             wait_answer(netns, "127.0.0.11", "host0.corp.test")
             rows.append(
                 ("resolver (this project)", dnsperf(netns, "127.0.0.11", queries, seconds, daemon.pid))
-            )  # type: ignore[attr-defined]
+            )
         extra = [f"--addn-hosts={hosts}", "--local=/corp.test/", "--cache-size=10000", "--local-ttl=5"]
         with dnsmasq(netns, "127.0.0.12", workdir, extra, "local") as proc:
             wait_answer(netns, "127.0.0.12", "host0.corp.test")
@@ -283,8 +284,8 @@ def bench_forward(seconds: float, count: int) -> None:
                 ("resolver, cache on (hits)", {}),
                 ("resolver, cache off (all upstream)", {"RESOLVER_CACHE_ENABLED": "false"}),
             ):
-                with start_daemon(netns, workdir, env, "127.0.0.61") as daemon:
-                    sock = daemon.sock  # type: ignore[attr-defined]
+                with start_daemon(workdir, env) as daemon:
+                    sock = daemon.sock
                     cli(sock, "network", "create", "bench")
                     cli(
                         sock,
@@ -302,7 +303,7 @@ def bench_forward(seconds: float, count: int) -> None:
                         "127.0.0.61",
                     )
                     wait_answer(netns, "127.0.0.11", "host0.up.test")
-                    rows.append((label, dnsperf(netns, "127.0.0.11", queries, seconds, daemon.pid)))  # type: ignore[attr-defined]
+                    rows.append((label, dnsperf(netns, "127.0.0.11", queries, seconds, daemon.pid)))
             for label, cache in (
                 ("dnsmasq 2.90 forwarder, cache on", "10000"),
                 ("dnsmasq 2.90 forwarder, cache off", "0"),

@@ -41,7 +41,7 @@ from resolver.server.dispatch import Dispatcher
 from resolver.server.forwarder import Forwarder
 from resolver.server.metrics import Metrics
 from resolver.server.site import Site
-from resolver.server.upstream import SocketFactory, plain_socket
+from resolver.server.upstream import SocketPool
 from resolver.store import SandboxRecord, Store
 
 log = logging.getLogger("resolver.daemon")
@@ -92,7 +92,8 @@ class Daemon:
             if settings.cache_enabled
             else None
         )
-        self.forwarder = Forwarder(settings, self.metrics, self._sandbox_sockets, self.cache)
+        self.sockets = SocketPool(self._run_in)
+        self.forwarder = Forwarder(settings, self.metrics, self.sockets.factory, self.cache)
         self.dispatcher = Dispatcher(self.metrics, self.forwarder, self.cache)
         self.worker: ns.NamespaceWorker | None = None
         self.host_servers: tuple[str, ...] = ()
@@ -139,6 +140,7 @@ class Daemon:
             for netns in list(self.sites):
                 await self._detach(netns, restore=self.settings.restore_resolv_conf_on_exit, keep_record=True)
         self.forwarder.close()
+        self.sockets.close()
         if self.worker is not None:
             self.worker.close()
         log.info("stopped")
@@ -203,12 +205,9 @@ class Daemon:
 
     # ---- attach / detach -----------------------------------------------------------------------------
 
-    def _sandbox_sockets(self, netns: str) -> SocketFactory:
-        async def make(upstream: m.Upstream, kind: int) -> socket.socket:
-            assert self.worker is not None
-            return await self.worker.arun_in(netns, plain_socket, upstream, kind)
-
-        return make
+    async def _run_in(self, netns: str, fn: Any, *args: Any) -> Any:
+        assert self.worker is not None
+        return await self.worker.arun_in(netns, fn, *args)
 
     async def _attach(self, netns: str, explicit_resolv_conf: str | None) -> None:
         assert self.worker is not None
@@ -267,6 +266,7 @@ class Daemon:
         site = self.sites.pop(netns, None)
         if site is not None:
             await site.close(self.settings.drain_timeout)
+        self.sockets.drop(netns)
         record = self.records.get(netns) if keep_record else self.records.pop(netns, None)
         if self.settings.listen_mode == "redirect" and ns.netns_identity(netns) is not None:
             with contextlib.suppress(redirect.RedirectError):

@@ -34,13 +34,7 @@ QCLASS_IN = b"\x00\x01"
 class ForwardCache(Protocol):
     """A cache of forwarded answers (see resolver.core.cache.AnswerCache)."""
 
-    def get(self, forward: Forward, now: float) -> CachedAnswer | None: ...
-
-
-def upstream_scope(view: View) -> tuple:
-    """Identity of a sandbox's upstream set: servers reached from inside a sandbox are its own."""
-    inside = any(u.from_sandbox for u in view.upstreams)
-    return (view.upstreams, view.sandbox if inside else None)
+    def lookup(self, key: tuple, now: float) -> CachedAnswer | None: ...
 
 
 def fast_reply(wire: bytes, table: NameTable) -> bytes | None:
@@ -119,7 +113,13 @@ def _answer(
         return reply.local(local)
     if not table.may_forward:
         return reply.error(w.REFUSED, "refused-internal", recursion=False)
-    forward = Forward(
+    do = reply.edns.do if reply.edns else False
+    cached = cache.lookup((view.scope, question.key, question.qtype, do), now) if cache is not None else None
+    if cached is not None:
+        return reply.cached(cached)
+    if not view.upstreams:
+        return reply.error(w.SERVFAIL, "no-upstream")
+    return Forward(
         query=wire,
         question=question.wire,
         key=question.key,
@@ -127,15 +127,9 @@ def _answer(
         upstreams=view.upstreams,
         max_size=reply.max_size,
         edns=edns is not None,
-        do=reply.edns.do if reply.edns else False,
-        scope=upstream_scope(view),
+        do=do,
+        scope=view.scope,
     )
-    cached = cache.get(forward, now) if cache is not None else None
-    if cached is not None:
-        return reply.cached(cached)
-    if not view.upstreams:
-        return reply.error(w.SERVFAIL, "no-upstream")
-    return forward
 
 
 class _Replier:

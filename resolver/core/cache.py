@@ -21,7 +21,7 @@ import dns.exception
 import dns.message
 import dns.rdatatype
 import dns.rrset
-from cachetools import TLRUCache
+from cachetools import LRUCache
 
 from resolver.core import wire as w
 from resolver.core.actions import Forward
@@ -36,13 +36,35 @@ class CachedRecord:
     tail: bytes
 
 
-@dataclass(frozen=True, slots=True)
 class Entry:
-    rcode: int
-    records: tuple[CachedRecord, ...]
-    authority: tuple[CachedRecord, ...]
-    stored: float
-    lifetime: float
+    """One cached answer; remembers the last answer it served, which stays valid for that second."""
+
+    __slots__ = ("authority", "expires", "last", "rcode", "records", "stored")
+
+    def __init__(
+        self,
+        rcode: int,
+        records: tuple[CachedRecord, ...],
+        authority: tuple[CachedRecord, ...],
+        stored: float,
+        lifetime: float,
+    ) -> None:
+        self.rcode = rcode
+        self.records = records
+        self.authority = authority
+        self.stored = stored
+        self.expires = stored + lifetime
+        self.last: tuple[int, CachedAnswer] | None = None
+
+    def answer(self, now: float) -> CachedAnswer:
+        elapsed = int(now - self.stored)
+        last = self.last
+        if last is None or last[0] != elapsed:
+            answer = CachedAnswer(
+                self.rcode, _counted_down(self.records, elapsed), _counted_down(self.authority, elapsed)
+            )
+            last = self.last = (elapsed, answer)
+        return last[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,27 +106,27 @@ class AnswerCache:
     def __init__(self, size: int, max_ttl: int, min_negative_ttl: int = 0) -> None:
         self.max_ttl = max_ttl
         self.min_negative_ttl = min_negative_ttl
-        self._now = 0.0
-        self._entries: TLRUCache[CacheKey, Entry] = TLRUCache(
-            maxsize=max(1, size), ttu=lambda _k, entry, now: now + entry.lifetime, timer=lambda: self._now
-        )
+        self._entries: LRUCache[CacheKey, Entry] = LRUCache(maxsize=max(1, size))
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, forward: Forward, now: float) -> CachedAnswer | None:
-        self._now = now
-        entry = self._entries.get(cache_key(forward))
+    def lookup(self, key: CacheKey, now: float) -> CachedAnswer | None:
+        """The live entry for `key` with its TTLs counted down to `now`, or None."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires <= now:
+            del self._entries[key]
+            entry = None
         if entry is None:
             self.misses += 1
             return None
         self.hits += 1
-        elapsed = int(now - entry.stored)
-        return CachedAnswer(
-            entry.rcode, _counted_down(entry.records, elapsed), _counted_down(entry.authority, elapsed)
-        )
+        return entry.answer(now)
+
+    def get(self, forward: Forward, now: float) -> CachedAnswer | None:
+        return self.lookup(cache_key(forward), now)
 
     def store(self, forward: Forward, reply: bytes, now: float) -> bool:
         """Cache the answer of an accepted upstream reply; False when it is not cacheable."""
@@ -128,7 +150,6 @@ class AnswerCache:
         lifetime = min(lifetime, self.max_ttl)
         if lifetime <= 0:
             return False
-        self._now = now
         records = _encode(message.answer, qname, self.max_ttl)
         entry = Entry(rcode, records, _encode(authority, qname, int(lifetime)), now, lifetime)
         self._entries[cache_key(forward)] = entry

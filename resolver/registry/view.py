@@ -86,6 +86,8 @@ class View:
     sandbox: str
     table: NameTable
     upstreams: tuple[Upstream, ...]
+    scope: tuple = ()
+    """Identity of the upstream set for caches: servers reached from inside a sandbox are its own."""
 
 
 # ---- building one network's table ---------------------------------------------------------------------
@@ -242,7 +244,9 @@ class Views:
         networks: tuple[str, ...] = ()
         if sandbox is not None:
             networks = tuple(dict.fromkeys(net for net, _ in sandbox.endpoints))
-        return View(netns, self.table(state, networks), sandbox_upstreams(state, netns, host_servers))
+        upstreams = sandbox_upstreams(state, netns, host_servers)
+        inside = any(u.from_sandbox for u in upstreams)
+        return View(netns, self.table(state, networks), upstreams, (upstreams, netns if inside else None))
 
 
 def build_view(state: State, netns: str, host_servers: tuple[str, ...] = ()) -> View:

@@ -95,13 +95,20 @@ class Forwarder:
                 del self.per_sandbox[sandbox]
 
     async def _shared(self, forward: Forward, sandbox: str, do: bool, tcp: bool) -> bytes | None:
+        """Identical questions in flight share one upstream exchange: the first asker runs it, the
+        others wait for its result."""
         key = (forward.scope, forward.key, forward.qtype, do, tcp)
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._fetch(forward, sandbox, do, tcp))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = self._inflight[key] = asyncio.get_running_loop().create_future()
+        reply = None
+        try:
+            reply = await self._fetch(forward, sandbox, do, tcp)
+        finally:
+            del self._inflight[key]
+            pending.set_result(reply)
+        return reply
 
     async def _fetch(self, forward: Forward, sandbox: str, do: bool, tcp: bool) -> bytes | None:
         candidates = self.health.order(forward.upstreams, sandbox)[

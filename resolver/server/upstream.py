@@ -37,9 +37,50 @@ def _family(address: str) -> socket.AddressFamily:
 
 def plain_socket(upstream: Upstream, kind: int) -> socket.socket:
     """A non-blocking socket in the calling thread's namespace."""
-    sock = socket.socket(_family(upstream.address), kind)
+    return _new_socket(_family(upstream.address), kind)
+
+
+def _new_socket(family: socket.AddressFamily, kind: int) -> socket.socket:
+    sock = socket.socket(family, kind)
     sock.setblocking(False)
     return sock
+
+
+def _new_sockets(family: socket.AddressFamily, kind: int, count: int) -> list[socket.socket]:
+    return [_new_socket(family, kind) for _ in range(count)]
+
+
+class SocketPool:
+    """Fresh, never-used sockets made inside sandboxes in batches, so one trip through the namespace
+    worker serves many upstream queries. Each socket is used for one query and closed: the kernel
+    still picks a new random source port at connect time. `drop` closes a sandbox's spare sockets,
+    which would otherwise keep its namespace alive."""
+
+    def __init__(self, run_in: Callable[..., Awaitable[list[socket.socket]]], batch: int = 32) -> None:
+        self.run_in = run_in
+        self.batch = batch
+        self._spare: dict[tuple[str, socket.AddressFamily, int], list[socket.socket]] = {}
+
+    def factory(self, sandbox: str) -> SocketFactory:
+        async def make(upstream: Upstream, kind: int) -> socket.socket:
+            key = (sandbox, _family(upstream.address), kind)
+            spare = self._spare.get(key)
+            if not spare:
+                made = await self.run_in(sandbox, _new_sockets, key[1], kind, self.batch)
+                spare = self._spare.setdefault(key, [])
+                spare.extend(made)
+            return spare.pop()
+
+        return make
+
+    def drop(self, sandbox: str) -> None:
+        for key in [k for k in self._spare if k[0] == sandbox]:
+            for sock in self._spare.pop(key):
+                sock.close()
+
+    def close(self) -> None:
+        for sandbox in {k[0] for k in self._spare}:
+            self.drop(sandbox)
 
 
 ServerKey = tuple[str | None, str, int]
@@ -92,20 +133,15 @@ async def exchange_udp(
 ) -> bytes:
     """Send `query` on a connected UDP socket and wait for the reply that matches it."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     try:
-        await loop.sock_connect(sock, (upstream.address, upstream.port))
-        await loop.sock_sendall(sock, query)
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise UpstreamError("timeout", f"{upstream.address} gave no matching answer in {timeout} s")
-            try:
-                data = await asyncio.wait_for(loop.sock_recv(sock, 65535), remaining)
-            except TimeoutError:
-                continue
-            if fw.matches(data, query_id, question):
-                return data
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (upstream.address, upstream.port))
+            await loop.sock_sendall(sock, query)
+            while not fw.matches(data := await loop.sock_recv(sock, 65535), query_id, question):
+                pass
+            return data
+    except TimeoutError:
+        raise UpstreamError("timeout", f"{upstream.address} gave no matching answer in {timeout} s") from None
     except ConnectionRefusedError:
         raise UpstreamError("refused", f"{upstream.address}:{upstream.port} port unreachable") from None
     except OSError as exc:
