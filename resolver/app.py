@@ -439,7 +439,11 @@ class Daemon:
             "generation": state.generation,
             "cache": None
             if self.cache is None
-            else {"entries": len(self.cache), "hits": self.cache.hits, "misses": self.cache.misses},
+            else {
+                "entries": len(self.cache),
+                "hits": self.cache.hits + sum(self.metrics.fast.cached.values()),
+                "misses": self.cache.misses,
+            },
         }
 
 

@@ -117,3 +117,49 @@ def test_entries_are_not_shared_across_upstream_scopes() -> None:
     )
     assert cache.get(forward_for("www.example.", scope=("up-b",)), now=1.0) is None
     assert cache.get(forward_for("WWW.Example.", scope=("up-a",)), now=1.0) is not None
+
+
+def _sandbox_view() -> object:
+    from resolver.registry import model as m
+    from resolver.registry.registry import Registry
+    from resolver.registry.view import build_view
+
+    registry = Registry()
+    registry.apply(m.CreateNetwork("net"))
+    registry.apply(m.JoinEndpoint("net", "ns1", "e1", "client", ipv4=("10.0.0.2",)))
+    return build_view(registry.state, "ns1", ("192.0.2.53",))
+
+
+@pytest.mark.parametrize(
+    ("name", "rcode", "answer", "soa"),
+    [
+        ("www.example.", dns.rcode.NOERROR, "300 192.0.2.1", None),
+        ("gone.example.", dns.rcode.NXDOMAIN, None, "600 ns.example. host.example. 1 3600 600 86400 60"),
+    ],
+)
+def test_cached_fast_path_answers_what_the_general_path_would(
+    name: str, rcode: int, answer: str | None, soa: str | None
+) -> None:
+    from resolver.core import answer as core
+
+    view = _sandbox_view()
+    cache = AnswerCache(size=10, max_ttl=3600)
+    first = dns.message.make_query(name, "A", use_edns=False).to_wire()
+    action = core.respond(first, view, cache, 100.0)  # type: ignore[arg-type]
+    assert isinstance(action, Forward)
+    assert cache.store(action, upstream_reply(name, rcode, answer=answer, soa=soa), now=100.0)
+    assert core.fast_cached_reply(first, view, 101.0) is None  # nothing served from the cache yet
+    core.respond(first, view, cache, 101.0)  # type: ignore[arg-type]
+    for query_id, spelling, rd, now in [(7, name.upper(), True, 101.2), (65000, name, False, 130.9)]:
+        query = dns.message.make_query(spelling, "A", use_edns=False)
+        query.id = query_id
+        if not rd:
+            query.flags &= ~dns.flags.RD
+        wire = query.to_wire()
+        fast = core.fast_cached_reply(wire, view, now)  # type: ignore[arg-type]
+        general = core._general(wire, view, cache, now, "udp")  # type: ignore[arg-type]
+        assert fast is not None and fast == general.wire  # type: ignore[union-attr]
+        parsed = dns.message.from_wire(fast)
+        assert parsed.id == query_id and parsed.question[0].name.to_text() == spelling
+        assert parsed.rcode() == rcode and bool(parsed.flags & dns.flags.RD) == rd
+    assert core.fast_cached_reply(first, view, 100.0 + 61 if soa else 100.0 + 301) is None  # type: ignore[arg-type]

@@ -21,30 +21,60 @@ from typing import Literal, Protocol
 
 from resolver.core import wire as w
 from resolver.core.actions import Action, Drop, Forward, Reply
-from resolver.core.cache import CachedAnswer
-from resolver.core.local import LocalAnswer, Prepared, prepared
+from resolver.core.cache import CachedAnswer, Entry
+from resolver.core.local import PLAIN_UDP_LIMIT, LocalAnswer, Prepared, prepared
 from resolver.registry.view import NameTable, View
 
 Transport = Literal["udp", "tcp"]
 TCP_LIMIT = 65535
 PLAIN_HEADER_TAIL = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 QCLASS_IN = b"\x00\x01"
+FAST_CACHE_LIMIT = 4096
 
 
 class ForwardCache(Protocol):
     """A cache of forwarded answers (see resolver.core.cache.AnswerCache)."""
 
-    def lookup(self, key: tuple, now: float) -> CachedAnswer | None: ...
+    def lookup(self, key: tuple, now: float) -> Entry | None: ...
+
+
+def _plain(wire: bytes) -> bool:
+    """One IN question, no other records, only RD/AD set: the queries the fast paths may answer."""
+    return (
+        len(wire) >= 17
+        and wire[4:12] == PLAIN_HEADER_TAIL
+        and not wire[2] & 0xFE
+        and not wire[3] & 0xDF
+        and wire[-2:] == QCLASS_IN
+    )
 
 
 def fast_reply(wire: bytes, table: NameTable) -> bytes | None:
     """Answer a plain query for a prepared local name, or None to take the general path."""
-    if len(wire) < 17 or wire[4:12] != PLAIN_HEADER_TAIL or wire[2] & 0xFE or wire[3] & 0xDF:
-        return None
-    if wire[-2:] != QCLASS_IN:
+    if not _plain(wire):
         return None
     entry = table.fast.get(wire[12:-2].lower())
     return None if entry is None else entry.fast_reply(wire)
+
+
+def fast_cached_reply(wire: bytes, view: View, now: float) -> bytes | None:
+    """Answer a plain query from a cache entry the general path already served to this view."""
+    if not _plain(wire):
+        return None
+    key = wire[12:-2].lower()
+    entry = view.cached.get(key)
+    if entry is None:
+        return None
+    if entry.expires <= now:
+        del view.cached[key]
+        return None
+    return entry.plain_reply(wire, now)
+
+
+def _remember_cached(view: View, question: w.Question, entry: Entry) -> None:
+    if len(view.cached) >= FAST_CACHE_LIMIT:
+        view.cached.clear()
+    view.cached[question.key + question.wire[-4:-2]] = entry
 
 
 def respond(
@@ -116,7 +146,9 @@ def _answer(
     do = reply.edns.do if reply.edns else False
     cached = cache.lookup((view.scope, question.key, question.qtype, do), now) if cache is not None else None
     if cached is not None:
-        return reply.cached(cached)
+        if edns is None and _plain(wire) and cached.plain_size(len(question.wire)) <= PLAIN_UDP_LIMIT:
+            _remember_cached(view, question, cached)
+        return reply.cached(cached.answer(now))
     if not view.upstreams:
         return reply.error(w.SERVFAIL, "no-upstream")
     return Forward(

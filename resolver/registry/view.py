@@ -88,6 +88,9 @@ class View:
     upstreams: tuple[Upstream, ...]
     scope: tuple = ()
     """Identity of the upstream set for caches: servers reached from inside a sandbox are its own."""
+    cached: dict = field(default_factory=dict)
+    """Cache entries this view already served to plain queries; filled by the core's fast path. It
+    dies with the view, so a name that became local is never answered from here."""
 
 
 # ---- building one network's table ---------------------------------------------------------------------

@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections import Counter
+import time
 from typing import TYPE_CHECKING
 
-from resolver.core.answer import fast_reply
+from resolver.core.answer import fast_cached_reply, fast_reply
+from resolver.server.metrics import FastCounts
 
 if TYPE_CHECKING:
     from resolver.server.site import Site
@@ -25,9 +26,9 @@ UDP_RECEIVE_SIZE = 65535
 
 
 class UdpListener(asyncio.DatagramProtocol):
-    def __init__(self, site: Site, fast_counts: Counter[bytes]) -> None:
+    def __init__(self, site: Site, counts: FastCounts) -> None:
         self.site = site
-        self.fast_counts = fast_counts
+        self.counts = counts
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -38,11 +39,18 @@ class UdpListener(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         site = self.site
-        reply = fast_reply(data, site.view.table)
+        view = site.view
+        reply = fast_reply(data, view.table)
         if reply is not None:
-            self.fast_counts[data[-4:-2]] += 1
+            self.counts.local[data[-4:-2]] += 1
             self.transport.sendto(reply, addr)  # type: ignore[union-attr]
             return
+        if view.cached:
+            reply = fast_cached_reply(data, view, time.time())
+            if reply is not None:
+                self.counts.cached[data[-4:-2]] += 1
+                self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+                return
         transport = self.transport
 
         def send(wire: bytes) -> None:

@@ -34,12 +34,22 @@ def type_name(qtype: int) -> str:
     return _TYPE_NAMES.get(qtype, "other")
 
 
+class FastCounts:
+    """Queries the fast paths answered, by raw qtype bytes (named only when scraped)."""
+
+    __slots__ = ("cached", "local")
+
+    def __init__(self) -> None:
+        self.local: Counter[bytes] = Counter()
+        self.cached: Counter[bytes] = Counter()
+
+
 class Metrics:
     """Counters of the running daemon; `gauges` callbacks report sandboxes and endpoints."""
 
     def __init__(self) -> None:
         self.queries: Counter[tuple[str, str, str, str]] = Counter()
-        self.fast: Counter[bytes] = Counter()
+        self.fast = FastCounts()
         self.upstream_errors: Counter[tuple[str, str]] = Counter()
         self.overload: Counter[str] = Counter()
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -54,7 +64,7 @@ class Metrics:
         self.latency_sum += seconds
 
     def total_queries(self) -> int:
-        return sum(self.queries.values()) + sum(self.fast.values())
+        return sum(self.queries.values()) + sum(self.fast.local.values()) + sum(self.fast.cached.values())
 
     def render(self) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
@@ -74,8 +84,10 @@ class _Collector:
             labels=["type", "outcome", "source", "transport"],
         )
         merged: Counter[tuple[str, str, str, str]] = Counter(m.queries)
-        for qtype_bytes, n in m.fast.items():
+        for qtype_bytes, n in m.fast.local.items():
             merged[(type_name(int.from_bytes(qtype_bytes, "big")), "local", "local", "udp")] += n
+        for qtype_bytes, n in m.fast.cached.items():
+            merged[(type_name(int.from_bytes(qtype_bytes, "big")), "cache", "cache", "udp")] += n
         for labels, n in sorted(merged.items()):
             queries.add_metric(list(labels), n)
         yield queries

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from dataclasses import dataclass, field
 
 from resolver.config import Settings
@@ -17,6 +16,7 @@ from resolver.nsinject.netns import Listeners
 from resolver.registry.view import View
 from resolver.server.dispatch import Dispatcher
 from resolver.server.listeners import UdpListener, serve_tcp
+from resolver.server.metrics import FastCounts
 
 
 @dataclass(eq=False)
@@ -31,7 +31,7 @@ class Site:
     udp_transport: asyncio.DatagramTransport | None = None
     tcp_server: asyncio.base_events.Server | None = None
 
-    async def start(self, fast_counts: Counter[bytes]) -> None:
+    async def start(self, fast_counts: FastCounts) -> None:
         loop = asyncio.get_running_loop()
         self.udp_transport, _ = await loop.create_datagram_endpoint(
             lambda: UdpListener(self, fast_counts), sock=self.listeners.udp
