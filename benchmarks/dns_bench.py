@@ -128,11 +128,20 @@ def wait_answer(netns: str, server: str, name: str) -> None:
     raise RuntimeError(f"{server} does not answer {name}")
 
 
-def dnsperf(netns: str, server: str, queries: Path, seconds: float, pid: int) -> tuple[float, float, float]:
-    """Queries per second, average latency (ms) and server CPU microseconds per query."""
+@dataclass
+class Result:
+    qps: float
+    latency_ms: float
+    cpu_us: float
+    servfail_share: float
+
+
+def dnsperf(netns: str, server: str, queries: Path, seconds: float, pid: int) -> Result:
+    """Queries per second, average latency, server CPU per query and the share of SERVFAIL replies
+    (a server that sheds load with SERVFAIL looks fast; this column shows it)."""
     run("taskset", "-pc", "0", str(pid), check=False)
     before = cpu_seconds(pid)
-    out = run(
+    command = [
         "ip",
         "netns",
         "exec",
@@ -153,19 +162,33 @@ def dnsperf(netns: str, server: str, queries: Path, seconds: float, pid: int) ->
         str(seconds),
         "-t",
         "2",
-    ).stdout
+    ]
+    out = run(*command).stdout
     used = cpu_seconds(pid) - before
-    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    latency = float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1)) * 1000  # type: ignore[union-attr]
-    completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
-    return qps, latency, used / max(completed, 1) * 1e6
+
+    def number(pattern: str) -> float:
+        found = re.search(pattern, out)
+        return float(found.group(1)) if found else 0.0
+
+    completed = number(r"Queries completed:\s+(\d+)")
+    return Result(
+        qps=number(r"Queries per second:\s+([\d.]+)"),
+        latency_ms=number(r"Average Latency \(s\):\s+([\d.]+)") * 1000,
+        cpu_us=used / max(completed, 1) * 1e6,
+        servfail_share=number(r"SERVFAIL\s+\d+\s+\(([\d.]+)%\)"),
+    )
 
 
-def report(rows: list[tuple[str, tuple[float, float, float]]], baseline: str) -> None:
-    base = dict(rows)[baseline][0]
-    print(f"{'server':<44}{'queries/s':>12}{'avg ms':>9}{'CPU us/q':>10}{'vs ' + baseline[:14]:>20}")
-    for label, (qps, latency, cpu) in rows:
-        print(f"{label:<44}{qps:>12,.0f}{latency:>9.2f}{cpu:>10.1f}{qps / base:>19.2f}x")
+def report(rows: list[tuple[str, Result]], baseline: str) -> None:
+    base = dict(rows)[baseline].qps
+    print(
+        f"{'server':<40}{'queries/s':>11}{'avg ms':>8}{'CPU us/q':>10}{'SERVFAIL':>10}  ratio to {baseline}"
+    )
+    for label, r in rows:
+        print(
+            f"{label:<40}{r.qps:>11,.0f}{r.latency_ms:>8.2f}{r.cpu_us:>10.1f}{r.servfail_share:>9.1f}%"
+            f"  {r.qps / base:.2f}x"
+        )
 
 
 @dataclass
