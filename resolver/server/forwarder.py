@@ -126,27 +126,22 @@ class Forwarder:
         self, forward: Forward, sandbox: str, upstream: Upstream, do: bool, tcp: bool
     ) -> bytes | None:
         make_socket = self.sandbox_sockets(sandbox) if upstream.from_sandbox else host_socket
-        timeout = self.settings.upstream_timeout
-        try:
+
+        async def exchange(over_tcp: bool) -> bytes:
             self.upstream_queries += 1
-            reply = await ask(
+            return await ask(
                 make_socket,
                 upstream,
                 lambda qid: fw.upstream_query(forward, qid, do),
                 forward.question,
-                timeout,
-                tcp,
+                self.settings.upstream_timeout,
+                over_tcp,
             )
+
+        try:
+            reply = await exchange(tcp)
             if fw.verdict(reply) is fw.Verdict.TRUNCATED and not tcp:
-                self.upstream_queries += 1
-                reply = await ask(
-                    make_socket,
-                    upstream,
-                    lambda qid: fw.upstream_query(forward, qid, do),
-                    forward.question,
-                    timeout,
-                    True,
-                )
+                reply = await exchange(True)
         except UpstreamError as exc:
             self._failed(upstream, exc.reason, str(exc))
             if exc.reason == "timeout" and self.health.failed(upstream, sandbox):

@@ -16,7 +16,7 @@ import ipaddress
 import secrets
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from resolver.core import forward as fw
 from resolver.registry.model import Upstream
@@ -153,7 +153,7 @@ async def exchange_udp(
 ) -> bytes:
     """Send `query` on a connected UDP socket and wait for the reply that matches it."""
     loop = asyncio.get_running_loop()
-    try:
+    with _as_upstream_error(upstream, "UDP", timeout):
         async with asyncio.timeout(timeout):
             # A UDP connect only sets the peer (the kernel then drops datagrams from anyone else); done
             # directly, it also avoids the event loop's resolver thread for an address already numeric.
@@ -165,10 +165,19 @@ async def exchange_udp(
             while not fw.matches(data := await loop.sock_recv(sock, 65535), query_id, question):
                 pass
             return data
+
+
+@contextlib.contextmanager
+def _as_upstream_error(upstream: Upstream, transport: str, timeout: float) -> Iterator[None]:
+    """Socket failures of one exchange, as an UpstreamError with a metrics reason."""
+    try:
+        yield
     except TimeoutError:
-        raise UpstreamError("timeout", f"{upstream.address} gave no matching answer in {timeout} s") from None
+        raise UpstreamError(
+            "timeout", f"{upstream.address} gave no matching {transport} answer in {timeout} s"
+        ) from None
     except ConnectionRefusedError:
-        raise UpstreamError("refused", f"{upstream.address}:{upstream.port} port unreachable") from None
+        raise UpstreamError("refused", f"{upstream.address}:{upstream.port} refused {transport}") from None
     except OSError as exc:
         raise UpstreamError("network", f"{upstream.address}: {exc.strerror or exc}") from None
 
@@ -178,7 +187,7 @@ async def exchange_tcp(
 ) -> bytes:
     """Send `query` over TCP (length-prefixed) and return the matching reply."""
     loop = asyncio.get_running_loop()
-    try:
+    with _as_upstream_error(upstream, "TCP", timeout):
         async with asyncio.timeout(timeout):
             await loop.sock_connect(sock, _numeric(sock, upstream))
             await loop.sock_sendall(sock, struct.pack("!H", len(query)) + query)
@@ -187,12 +196,6 @@ async def exchange_tcp(
                 data = await _recv_exactly(loop, sock, size)
                 if fw.matches(data, query_id, question):
                     return data
-    except TimeoutError:
-        raise UpstreamError("timeout", f"{upstream.address} over TCP gave no answer in {timeout} s") from None
-    except ConnectionRefusedError:
-        raise UpstreamError("refused", f"{upstream.address}:{upstream.port} refused TCP") from None
-    except OSError as exc:
-        raise UpstreamError("network", f"{upstream.address}: {exc.strerror or exc}") from None
 
 
 def _numeric(sock: socket.socket, upstream: Upstream) -> tuple:
