@@ -45,7 +45,7 @@ from resolver.server.upstream import SocketPool
 from resolver.store import SandboxRecord, Store
 
 log = logging.getLogger("resolver.daemon")
-PROBE_QUERY_NAME = b"\x02id\x06server\x00"
+PROBE_QUERY_NAME = b"\x07version\x04bind\x00"
 CLASS_CH = 3
 TXT = 16
 
@@ -62,7 +62,7 @@ def sandbox_path(netns: str) -> str:
 
 
 def probe_query(query_id: int) -> bytes:
-    """A CH TXT id.server query: answered (REFUSED) by the core itself, never forwarded."""
+    """A CH TXT version.bind query: answered by the core itself, never forwarded."""
     return (
         struct.pack("!HHHHHH", query_id, 0, 1, 0, 0, 0) + PROBE_QUERY_NAME + struct.pack("!HH", TXT, CLASS_CH)
     )

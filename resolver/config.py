@@ -50,36 +50,55 @@ class Settings:
 
 SECTIONS = ("server", "log", "tcp", "upstream", "limits", "cache")
 _FIELDS = {f.name: f for f in fields(Settings)}
-_CHOICES = {"listen_mode": ("direct", "redirect"), "log_format": ("text", "json")}
+_CHOICES = {
+    "listen_mode": ("direct", "redirect"),
+    "log_format": ("text", "json"),
+    "log_level": ("debug", "info", "warning", "error", "critical"),
+}
 
 
 def _field_for(section: str, key: str) -> str:
     return key if section == "server" else f"{section}_{key}"
 
 
-def coerce(name: str, value: Any, origin: str) -> Any:
-    """Convert `value` (from TOML, env or a flag) to the type of field `name`, or raise ConfigError."""
+def coerce(name: str, value: Any, origin: str, strict: bool = False) -> Any:
+    """Convert `value` to the type of field `name`, or raise ConfigError. `strict` (TOML, which has
+    types): the value must already have the field's type (an integer is also a valid float);
+    otherwise (environment, flags) text is converted."""
     if name not in _FIELDS:
         raise ConfigError(f"{origin}: unknown setting {name!r}")
     kind = type(getattr(Settings(), name))
     try:
-        if kind is bool:
-            result = _to_bool(value)
-        elif kind is int and not isinstance(value, bool):
-            result = int(value)
-        elif kind is float and not isinstance(value, bool):
-            result = float(value)
-        elif kind is str and isinstance(value, str):
-            result = value
-        else:
-            raise ValueError
+        result = _typed(kind, value) if strict else _converted(kind, value)
     except (TypeError, ValueError):
         raise ConfigError(f"{origin}: {name} must be a {kind.__name__}, not {value!r}") from None
-    if name in _CHOICES and result not in _CHOICES[name]:
-        raise ConfigError(f"{origin}: {name} must be one of {', '.join(_CHOICES[name])}, not {value!r}")
+    if name in _CHOICES:
+        result = result.lower()
+        if result not in _CHOICES[name]:
+            raise ConfigError(f"{origin}: {name} must be one of {', '.join(_CHOICES[name])}, not {value!r}")
     if kind in (int, float) and result < 0:
         raise ConfigError(f"{origin}: {name} must not be negative")
     return result
+
+
+def _typed(kind: type, value: Any) -> Any:
+    if isinstance(value, bool) != (kind is bool):
+        raise TypeError
+    if kind is float and isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, kind):
+        raise TypeError
+    return value
+
+
+def _converted(kind: type, value: Any) -> Any:
+    if kind is bool:
+        return _to_bool(value)
+    if isinstance(value, bool) or (isinstance(value, float) and kind is int):
+        raise TypeError
+    if kind in (int, float, str):
+        return kind(value)
+    raise TypeError
 
 
 def _to_bool(value: Any) -> bool:
@@ -98,13 +117,15 @@ def from_toml(text: str, origin: str) -> dict[str, Any]:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
     for section, table in data.items():
-        if section not in SECTIONS or not isinstance(table, dict):
+        if section not in SECTIONS:
             raise ConfigError(f"{origin}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: {section} must be a [{section}] table, not a value")
         for key, value in table.items():
             name = _field_for(section, key)
             if name not in _FIELDS:
                 raise ConfigError(f"{origin}: unknown key {key!r} in section [{section}]")
-            values[name] = coerce(name, value, f"{origin} [{section}] {key}")
+            values[name] = coerce(name, value, f"{origin} [{section}] {key}", strict=True)
     return values
 
 

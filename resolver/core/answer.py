@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 from typing import Literal, Protocol
 
+from resolver import __version__
 from resolver.core import wire as w
 from resolver.core.actions import Action, Drop, Forward, Reply
 from resolver.core.cache import CachedAnswer, Entry
@@ -30,6 +31,8 @@ TCP_LIMIT = 65535
 PLAIN_HEADER_TAIL = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 QCLASS_IN = b"\x00\x01"
 FAST_CACHE_LIMIT = 4096
+VERSION_NAMES = frozenset({b"\x07version\x04bind\x00", b"\x07version\x06server\x00"})
+"""CH TXT names answered with the version (RFC 4892 style); other CH questions are REFUSED."""
 
 
 class ForwardCache(Protocol):
@@ -49,11 +52,14 @@ def _plain(wire: bytes) -> bool:
     )
 
 
+def fast_entry(wire: bytes, table: NameTable) -> Prepared | None:
+    """The prepared local answer for a plain query, or None to take the general path."""
+    return table.fast.get(wire[12:-2].lower()) if _plain(wire) else None
+
+
 def fast_reply(wire: bytes, table: NameTable) -> bytes | None:
     """Answer a plain query for a prepared local name, or None to take the general path."""
-    if not _plain(wire):
-        return None
-    entry = table.fast.get(wire[12:-2].lower())
+    entry = fast_entry(wire, table)
     return None if entry is None else entry.fast_reply(wire)
 
 
@@ -81,9 +87,9 @@ def respond(
     wire: bytes, view: View, cache: ForwardCache | None, now: float, transport: Transport = "udp"
 ) -> Action:
     """Decide what to do with one query datagram or TCP message from a sandbox."""
-    reply = fast_reply(wire, view.table)
-    if reply is not None:
-        return Reply(reply)
+    entry = fast_entry(wire, view.table)
+    if entry is not None:
+        return Reply(entry.fast_reply(wire), entry.answer.rule)
     return _general(wire, view, cache, now, transport)
 
 
@@ -132,6 +138,8 @@ def _answer(
     reply = _Replier(wire, flags, question, edns, transport, table.may_forward)
     if isinstance(edns, int):
         return reply.badvers()
+    if question.qclass == w.CLASS_CH and question.qtype in (w.TXT, w.ANY) and question.key in VERSION_NAMES:
+        return reply.version()
     if question.qclass != w.CLASS_IN:
         return reply.error(w.REFUSED, "refused-class", recursion=False)
     if question.qtype in (w.AXFR, w.IXFR):
@@ -208,6 +216,12 @@ class _Replier:
         groups = (cached.records,) if cached.records else ()
         answer = LocalAnswer(cached.rcode, groups, cached.authority, rule="cache")
         return Reply(self._assemble(self._flags(cached.rcode, recursion=True), answer, 0), "cache")
+
+    def version(self) -> Reply:
+        text = f"resolver {__version__}".encode()
+        record = w.encode_rr(w.QUESTION_POINTER, w.TXT, 0, bytes([len(text)]) + text, rclass=w.CLASS_CH)
+        answer = LocalAnswer(w.NOERROR, ((record,),), rule="chaos")
+        return Reply(self._assemble(self._flags(w.AA, recursion=False), answer, 0), "chaos")
 
     def error(self, rcode: int, outcome: str, recursion: bool = True) -> Reply:
         return Reply(self._assemble(self._flags(rcode, recursion), LocalAnswer(rcode), 0), outcome)

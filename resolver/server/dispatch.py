@@ -40,7 +40,12 @@ FAILED_OUTCOMES = frozenset(
 
 
 def _qtype(wire: bytes) -> int:
-    return struct.unpack_from("!H", wire, len(wire) - 4)[0] if len(wire) >= 17 else 0
+    """The question's type (0 when the question cannot be read), for metrics."""
+    try:
+        end = w.read_name(wire, 12)
+    except w.WireError:
+        return 0
+    return struct.unpack_from("!H", wire, end)[0] if end + 2 <= len(wire) else 0
 
 
 class Dispatcher:

@@ -15,7 +15,7 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
-from resolver.core.answer import fast_cached_reply, fast_reply
+from resolver.core.answer import fast_cached_reply, fast_entry
 from resolver.server.metrics import FastCounts
 
 if TYPE_CHECKING:
@@ -40,10 +40,10 @@ class UdpListener(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         site = self.site
         view = site.view
-        reply = fast_reply(data, view.table)
-        if reply is not None:
-            self.counts.local[data[-4:-2]] += 1
-            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+        entry = fast_entry(data, view.table)
+        if entry is not None:
+            self.counts.local[(data[-4:-2], entry.answer.rule)] += 1
+            self.transport.sendto(entry.fast_reply(data), addr)  # type: ignore[union-attr]
             return
         if view.cached:
             reply = fast_cached_reply(data, view, time.time())

@@ -35,12 +35,12 @@ def type_name(qtype: int) -> str:
 
 
 class FastCounts:
-    """Queries the fast paths answered, by raw qtype bytes (named only when scraped)."""
+    """Queries the fast paths answered: local ones by (raw qtype bytes, rule), cached ones by qtype."""
 
     __slots__ = ("cached", "local")
 
     def __init__(self) -> None:
-        self.local: Counter[bytes] = Counter()
+        self.local: Counter[tuple[bytes, str]] = Counter()
         self.cached: Counter[bytes] = Counter()
 
 
@@ -84,8 +84,8 @@ class _Collector:
             labels=["type", "outcome", "source", "transport"],
         )
         merged: Counter[tuple[str, str, str, str]] = Counter(m.queries)
-        for qtype_bytes, n in m.fast.local.items():
-            merged[(type_name(int.from_bytes(qtype_bytes, "big")), "local", "local", "udp")] += n
+        for (qtype_bytes, rule), n in m.fast.local.items():
+            merged[(type_name(int.from_bytes(qtype_bytes, "big")), rule, "local", "udp")] += n
         for qtype_bytes, n in m.fast.cached.items():
             merged[(type_name(int.from_bytes(qtype_bytes, "big")), "cache", "cache", "udp")] += n
         for labels, n in sorted(merged.items()):
