@@ -287,12 +287,13 @@ class Daemon:
         sock = await self.worker.arun_in(netns, _udp_client)
         deadline = loop.time() + timeout
         with contextlib.closing(sock):
-            await loop.sock_connect(sock, (self.settings.listen_address, 53))
+            sock.connect((self.settings.listen_address, 53))  # UDP: sets the peer, no handshake
             while loop.time() < deadline:
                 query_id = secrets.randbits(16)
                 try:
-                    await loop.sock_sendall(sock, probe_query(query_id))
-                    reply = await asyncio.wait_for(loop.sock_recv(sock, 512), min(0.25, timeout))
+                    sock.send(probe_query(query_id))
+                    async with asyncio.timeout(min(0.25, timeout)):
+                        reply = await loop.sock_recv(sock, 512)
                 except (TimeoutError, OSError):
                     await asyncio.sleep(0.02)
                     continue
