@@ -48,6 +48,7 @@ log = logging.getLogger("resolver.daemon")
 PROBE_QUERY_NAME = b"\x07version\x04bind\x00"
 CLASS_CH = 3
 TXT = 16
+REDIRECT_PROBES_AT_ONCE = 32
 
 
 class AttachError(Exception):
@@ -337,10 +338,13 @@ class Daemon:
                     if self._read_host_resolv_conf():
                         self._refresh_views()
                     await self._check_sandboxes()
+                if self.settings.listen_mode == "redirect":
+                    await self._check_redirects()
             except Exception:
                 log.exception("sandbox check failed")
 
     async def _check_sandboxes(self) -> None:
+        """Forget sandboxes whose namespace is gone or was replaced (a cheap stat each)."""
         changed = False
         for netns in list(self.sites):
             record = self.records.get(netns)
@@ -349,20 +353,35 @@ class Daemon:
                 log.info("namespace %s disappeared; closing its sockets", netns)
                 await self._forget(netns, restore=True)
                 changed = True
-            elif self.settings.listen_mode == "redirect":
-                await self._check_redirect(netns)
         if changed:
             self._save()
 
-    async def _check_redirect(self, netns: str) -> None:
-        if await self._probe(netns, 0.3):
-            return
-        site = self.sites[netns]
-        log.warning("DNS redirect in %s stopped working (rules flushed?); restoring it", netns)
-        try:
-            await asyncio.to_thread(redirect.install_redirect, netns, self.settings.listen_address, site.port)
-        except redirect.RedirectError as exc:
-            log.error("could not restore the redirect in %s: %s", netns, exc)
+    async def _check_redirects(self) -> None:
+        """Probe every sandbox through its redirect rule, concurrently and outside the change lock;
+        restore the rule where the probe went unanswered (something flushed the sandbox's ruleset)."""
+        limit = asyncio.Semaphore(REDIRECT_PROBES_AT_ONCE)
+
+        async def answered(netns: str) -> bool:
+            async with limit:
+                try:
+                    return await self._probe(netns, 0.3)
+                except (ns.NamespaceError, OSError):
+                    return True  # the namespace is going away; the identity check handles it
+
+        sandboxes = list(self.sites)
+        results = await asyncio.gather(*(answered(netns) for netns in sandboxes))
+        for netns in [n for n, ok in zip(sandboxes, results, strict=True) if not ok]:
+            async with self.lock:
+                site = self.sites.get(netns)
+                if site is None:
+                    continue
+                log.warning("DNS redirect in %s stopped working (rules flushed?); restoring it", netns)
+                try:
+                    await asyncio.to_thread(
+                        redirect.install_redirect, netns, self.settings.listen_address, site.port
+                    )
+                except redirect.RedirectError as exc:
+                    log.error("could not restore the redirect in %s: %s", netns, exc)
 
     # ---- control operations (called by the control API) ------------------------------------------------
 
