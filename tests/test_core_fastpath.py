@@ -11,6 +11,7 @@ import random
 
 import dns.flags
 import dns.message
+import dns.rcode
 import pytest
 from dnscases import CLIENT, HOST_SERVERS, LONELY, MIXED, SEALED, SITE, header, query, question_wire, world
 from hypothesis import HealthCheck, given, settings
@@ -148,7 +149,6 @@ DECLINED = {
     "class-ch": query("web", "A", rdclass="CH"),
     "class-any": query("web", "A", rdclass="ANY"),
     "non-local": query("example.org", "A"),
-    "nxdomain": query("nope.example.com", "A"),
     "other-network": query("secretdb", "A"),
     "type-mx": query("web", "MX"),
     "type-srv": query("_http._tcp.web", "SRV"),
@@ -182,3 +182,29 @@ def test_fast_path_declines(wire: bytes) -> None:
 def test_fast_path_declines_on_unprepared_table() -> None:
     one, _ = _twins((CLIENT,))[CLIENT]
     assert fast_reply(query("web", "A"), one.table) is None
+
+
+def test_nxdomain_under_a_domain_takes_the_fast_path_identically() -> None:
+    """Unregistered names under a network domain share one prepared NXDOMAIN per zone; once a name
+    got it from the general path, the fast path gives the same bytes."""
+    from resolver.registry import model as m
+    from resolver.registry.registry import Registry
+    from resolver.registry.view import build_view
+
+    registry = Registry()
+    registry.apply(m.CreateNetwork("corpnet", domain="corp.test"))
+    registry.apply(m.JoinEndpoint("corpnet", "ns", "e1", "web", ipv4=("10.0.0.1",)))
+    fast_view = build_view(registry.state, "ns", ())
+    general_view = build_view(registry.state, "ns", ())
+    for i in range(40):
+        message = dns.message.make_query(f"Miss{i % 5}.CORP.test", "A" if i % 2 else "AAAA", use_edns=False)
+        message.id = 1000 + i
+        wire = message.to_wire()
+        fast = respond(wire, fast_view, None, 0.0)
+        general = _general(wire, general_view, None, 0.0, "udp")
+        assert isinstance(fast, Reply) and isinstance(general, Reply)
+        assert fast.wire == general.wire and fast.outcome == general.outcome == "nxdomain"
+        if i >= 10:
+            assert fast_reply(wire, fast_view.table) is not None
+    reply = dns.message.from_wire(fast.wire)
+    assert reply.rcode() == dns.rcode.NXDOMAIN and reply.authority[0].name.to_text() == "corp.test."

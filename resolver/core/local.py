@@ -23,6 +23,7 @@ MEMO_TYPES = frozenset({w.A, w.AAAA, w.PTR, w.SRV, w.ANY, w.SOA, w.NS})
 FAST_TYPES = frozenset({w.A, w.AAAA, w.PTR})
 PLAIN_UDP_LIMIT = 512
 MAX_ROTATIONS = 10_000
+MAX_FAST_NXDOMAIN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +119,7 @@ def lookup(table: NameTable, key: bytes, qtype: int) -> LocalAnswer | None:
     if data is not None:
         return answer_for(data, qtype)
     zone = table.authority_for(key)
-    if zone is None:
-        return None
-    answer = table.memo.get(zone)
-    if answer is None:
-        answer = table.memo[zone] = nxdomain(zone)
-    return answer
+    return None if zone is None else nxdomain(zone)
 
 
 class Prepared:
@@ -166,15 +162,28 @@ class Prepared:
 
 
 def prepared(table: NameTable, key: bytes, qtype: int) -> Prepared | LocalAnswer | None:
-    """The memoised answer for (key, qtype); NXDOMAIN and unusual types are built fresh, unmemoised,
-    so random names or types cannot grow the memo."""
+    """The memoised answer for (key, qtype). Unusual types are built fresh, unmemoised. NXDOMAIN is
+    one entry per zone (it does not depend on the name); names that got it join the fast table only
+    while it has room, so random names cannot grow it without bound."""
     entry = table.memo.get((key, qtype))
     if entry is not None:
         return entry
     answer = lookup(table, key, qtype)
-    if answer is None or answer.rcode != w.NOERROR or qtype not in MEMO_TYPES:
+    if answer is None or qtype not in MEMO_TYPES:
         return answer
+    if answer.rcode == w.NXDOMAIN:
+        return _nxdomain_entry(table, key, qtype, answer)
     entry = table.memo[(key, qtype)] = Prepared(answer, table.may_forward)
     if qtype in FAST_TYPES and entry.plain_size(len(key) + 4) <= PLAIN_UDP_LIMIT:
+        table.fast[key + qtype.to_bytes(2, "big")] = entry
+    return entry
+
+
+def _nxdomain_entry(table: NameTable, key: bytes, qtype: int, answer: LocalAnswer) -> Prepared:
+    zone_key = ("nxdomain", answer.authority)
+    entry = table.memo.get(zone_key)
+    if entry is None:
+        entry = table.memo[zone_key] = Prepared(answer, table.may_forward)
+    if qtype in FAST_TYPES and len(table.fast) < MAX_FAST_NXDOMAIN + len(table.names) * len(FAST_TYPES):
         table.fast[key + qtype.to_bytes(2, "big")] = entry
     return entry
