@@ -6,12 +6,15 @@ Order of rules (RFC 8906 section 3, DESIGN section 4):
   3. not exactly one question, any answer/authority record, a bad question or trailing bytes: FORMERR;
   4. EDNS version above 0: BADVERS; an OPT in the reply only when the query had one (payload 1232, DO
      echoed, no options);
-  5. class other than IN: REFUSED; zone transfers NOTIMP; other meta types REFUSED;
+  5. CH TXT version.bind / version.server: the version; any other class than IN: REFUSED; zone
+     transfers NOTIMP; other meta types REFUSED;
   6. a local name or a name under a network domain: answered here, never forwarded;
   7. a sandbox on internal networks only: REFUSED with RA clear; a cached forwarded answer; no upstream:
      SERVFAIL; otherwise Forward.
 UDP replies larger than the client's limit (512 without EDNS) are truncated with TC; TCP never is.
-The fast path answers plain A/AAAA/PTR queries for local names from prepared bytes, identically.
+The fast paths answer plain A/AAAA/PTR queries (RD/AD only, no EDNS) from prepared bytes, exactly as
+the general path would: local names and NXDOMAIN under a domain from the name table, forwarded answers
+from the cache entries this view already served.
 """
 
 from __future__ import annotations
