@@ -17,9 +17,10 @@ from resolver.core import wire as w
 from resolver.core.actions import Drop, Forward, Reply
 from resolver.core.answer import ForwardCache, Transport, respond
 from resolver.core.forward import servfail
+from resolver.registry.names import key_text
 from resolver.registry.view import View
 from resolver.server.forwarder import Forwarder
-from resolver.server.metrics import Metrics
+from resolver.server.metrics import Metrics, type_name
 
 log = logging.getLogger("resolver.query")
 FAILED_OUTCOMES = frozenset(
@@ -46,6 +47,19 @@ def _qtype(wire: bytes) -> int:
     except w.WireError:
         return 0
     return struct.unpack_from("!H", wire, end)[0] if end + 2 <= len(wire) else 0
+
+
+def _question_text(wire: bytes) -> tuple[str, str]:
+    """The question's name and type for a log line ("?" where they cannot be read)."""
+    try:
+        end = w.read_name(wire, 12)
+    except w.WireError:
+        return "?", "?"
+    if end + 2 > len(wire):
+        return key_text(wire[12:end]), "?"
+    qtype = _qtype(wire)
+    label = type_name(qtype)
+    return key_text(wire[12:end]), f"TYPE{qtype}" if label == "other" else label
 
 
 class Dispatcher:
@@ -113,11 +127,14 @@ class Dispatcher:
         self.metrics.count(_qtype(wire), outcome, source, transport)
         self.metrics.observe(self.clock() - started)
         if outcome in FAILED_OUTCOMES and log.isEnabledFor(logging.DEBUG):
+            name, qtype = _question_text(wire)
             log.debug(
-                "query from %s answered %s",
+                "query %s %s from %s answered %s",
+                name,
+                qtype,
                 view.sandbox,
                 outcome,
-                extra={"sandbox": view.sandbox, "outcome": outcome},
+                extra={"sandbox": view.sandbox, "outcome": outcome, "qname": name, "qtype": qtype},
             )
 
     def _dropped(self, action: Drop, view: View, transport: str) -> None:
