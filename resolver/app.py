@@ -310,14 +310,12 @@ class Daemon:
         self.records = saved.sandboxes
         self.views = Views()
         for netns in list(self.registry.state.sandboxes):
-            record = self.records.get(netns, SandboxRecord())
-            identity = ns.netns_identity(netns)
-            if identity is None or (record.identity is not None and tuple(record.identity) != identity):
+            if self._replaced_or_gone(netns):
                 log.info("sandbox %s is gone; dropping its registrations", netns)
                 await self._forget(netns, restore=True)
                 continue
             try:
-                await self._attach(netns, record.resolv_conf)
+                await self._attach(netns, self.records.get(netns, SandboxRecord()).resolv_conf)
                 log.info("re-attached sandbox %s", netns)
             except AttachError as exc:
                 log.error("could not re-attach %s: %s; dropping it", netns, exc)
@@ -343,13 +341,17 @@ class Daemon:
             except Exception:
                 log.exception("sandbox check failed")
 
+    def _replaced_or_gone(self, netns: str) -> bool:
+        """True when the namespace file is gone, or is now another namespace than the one attached."""
+        record = self.records.get(netns)
+        identity = ns.netns_identity(netns)
+        return identity is None or (record is not None and record.identity not in (None, identity))
+
     async def _check_sandboxes(self) -> None:
         """Forget sandboxes whose namespace is gone or was replaced (a cheap stat each)."""
         changed = False
         for netns in list(self.sites):
-            record = self.records.get(netns)
-            identity = ns.netns_identity(netns)
-            if identity is None or (record is not None and record.identity not in (None, identity)):
+            if self._replaced_or_gone(netns):
                 log.info("namespace %s disappeared; closing its sockets", netns)
                 await self._forget(netns, restore=True)
                 changed = True
@@ -411,6 +413,9 @@ class Daemon:
         async with self.lock:
             netns = sandbox_path(event.sandbox)
             event = replace(event, sandbox=netns)
+            if netns in self.registry.state.sandboxes and self._replaced_or_gone(netns):
+                log.info("namespace %s was replaced since it joined; dropping the old sandbox", netns)
+                await self._forget(netns, restore=True)
             if netns not in self.registry.state.sandboxes and ns.netns_identity(netns) is None:
                 raise NotFound(f"network namespace {netns} does not exist")
             self._check_resolv_conf_matches(netns, event.resolv_conf)

@@ -49,3 +49,23 @@ def test_many_sandboxes_join_answer_and_leave_without_leaking(
     settled = wait_until(lambda: open_fds(d.pid) <= baseline, timeout=5)
     assert settled, f"{open_fds(d.pid)} fds open after every leave, {baseline} before the joins"
     assert not [n for n in names if Path(f"/etc/netns/{n}").exists()]
+
+
+def test_a_join_into_a_namespace_replaced_under_the_same_name_starts_afresh(
+    daemon: DaemonFactory, netns: Namespaces
+) -> None:
+    """`ip netns del` + `ip netns add` with the same name before the watcher looked: the old sandbox
+    and its endpoints are dropped, the new namespace is served."""
+    import subprocess
+
+    d = daemon()
+    d.ok("network", "create", "re")
+    name = netns.add()
+    d.join("re", name, "old-ep", "old", "--ipv4", "10.91.0.2")
+    subprocess.run(["ip", "netns", "del", name], check=True)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    d.join("re", name, "new-ep", "new", "--ipv4", "10.91.0.3")
+    endpoints = [ep["id"] for sb in d.json("ls", "--json") for ep in sb["endpoints"]]
+    assert endpoints == ["new-ep"]
+    assert dig(name, "new").addresses == ["10.91.0.3"]
+    assert dig(name, "old").status != "NOERROR"
