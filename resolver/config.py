@@ -9,7 +9,7 @@ section maps to plain names); an unknown section or key, or a value of the wrong
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,7 +155,3 @@ def load(config_file: str | None, environ: dict[str, str], flags: dict[str, Any]
         {k: coerce(k, v, f"flag --{k.replace('_', '-')}") for k, v in flags.items() if v is not None}
     )
     return replace(Settings(), **values)
-
-
-def as_dict(settings: Settings) -> dict[str, Any]:
-    return asdict(settings)
