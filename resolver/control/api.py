@@ -82,28 +82,31 @@ class ControlServer:
         app = web.Application(middlewares=[guard], client_max_size=1 << 20)
         d = self.daemon
         r = app.router
-        r.add_get("/v1/status", lambda _q: _json(d.status()))
-        r.add_get("/metrics", lambda _q: _metrics(d))
-        r.add_get("/v1/networks", lambda _q: _json(inspect.networks(d)))
-        r.add_post("/v1/networks", lambda q: self._create_network(q))
-        r.add_get("/v1/networks/{name}", lambda q: _json(inspect.network(d, q.match_info["name"])))
-        r.add_delete("/v1/networks/{name}", lambda q: self._remove_network(q))
-        r.add_post("/v1/networks/{network}/services", lambda q: self._create_service(q))
+        r.add_get("/v1/status", _reading(lambda _q: d.status()))
+        r.add_get("/metrics", self._metrics)
+        r.add_get("/v1/networks", _reading(lambda _q: inspect.networks(d)))
+        r.add_post("/v1/networks", self._create_network)
+        r.add_get("/v1/networks/{name}", _reading(lambda q: inspect.network(d, q.match_info["name"])))
+        r.add_delete("/v1/networks/{name}", self._remove_network)
+        r.add_post("/v1/networks/{network}/services", self._create_service)
         r.add_get(
             "/v1/networks/{network}/services/{name}",
-            lambda q: _json(inspect.service(d, q.match_info["network"], q.match_info["name"])),
+            _reading(lambda q: inspect.service(d, q.match_info["network"], q.match_info["name"])),
         )
-        r.add_delete("/v1/networks/{network}/services/{name}", lambda q: self._remove_service(q))
-        r.add_post("/v1/endpoints", lambda q: self._join(q))
+        r.add_delete("/v1/networks/{network}/services/{name}", self._remove_service)
+        r.add_post("/v1/endpoints", self._join)
         r.add_get(
             "/v1/endpoints/{id}",
-            lambda q: _json(inspect.endpoint(d, q.match_info["id"], q.query.get("network"))),
+            _reading(lambda q: inspect.endpoint(d, q.match_info["id"], q.query.get("network"))),
         )
-        r.add_delete("/v1/endpoints/{id}", lambda q: self._leave(q))
-        r.add_get("/v1/sandboxes", lambda _q: _json(inspect.sandboxes(d)))
-        r.add_get("/v1/sandbox", lambda q: _json(inspect.sandbox(d, q.query.get("netns", ""))))
-        r.add_post("/v1/query", lambda q: self._query(q))
+        r.add_delete("/v1/endpoints/{id}", self._leave)
+        r.add_get("/v1/sandboxes", _reading(lambda _q: inspect.sandboxes(d)))
+        r.add_get("/v1/sandbox", _reading(lambda q: inspect.sandbox(d, q.query.get("netns", ""))))
+        r.add_post("/v1/query", self._query)
         return app
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.daemon.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def _create_network(self, request: web.Request) -> web.Response:
         network = await self.daemon.create_network(schema.create_network(await _body(request)))
@@ -154,9 +157,14 @@ class ControlServer:
             Path(self.path).unlink()
 
 
+def _reading(read: Callable[[web.Request], Any]) -> Handler:
+    """A GET handler that answers what `read` returns, as JSON."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return _json(read(request))
+
+    return handle
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, indent=1))
-
-
-async def _metrics(daemon: Daemon) -> web.Response:
-    return web.Response(body=daemon.metrics.render(), content_type="text/plain", charset="utf-8")

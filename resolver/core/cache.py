@@ -105,7 +105,7 @@ def _soa(message: dns.message.Message) -> dns.rrset.RRset | None:
 def _encode(rrsets: list[dns.rrset.RRset], qname: dns.name.Name, max_ttl: int) -> tuple[CachedRecord, ...]:
     records = []
     for rrset in rrsets:
-        owner = w.QUESTION_POINTER if rrset.name == qname else rrset.name.to_wire()
+        owner = w.QUESTION_POINTER if rrset.name == qname else bytes(rrset.name.to_wire() or b"")
         for rdata in rrset:
             data = rdata.to_wire()
             head = owner + struct.pack("!HH", rrset.rdtype, rrset.rdclass)

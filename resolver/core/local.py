@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from resolver.core import wire as w
+from resolver.registry.names import IPAddress
 from resolver.registry.view import NameData, NameTable, SrvTarget, Zone
 
 SOA_TIMERS = (3600, 600, 86400)
@@ -64,7 +66,7 @@ def nxdomain(zone: Zone) -> LocalAnswer:
     return LocalAnswer(w.NXDOMAIN, authority=(soa_record(zone),), rule="nxdomain")
 
 
-def _address_records(rtype: int, addresses: list, ttl: int) -> tuple[bytes, ...]:
+def _address_records(rtype: int, addresses: Sequence[IPAddress], ttl: int) -> tuple[bytes, ...]:
     return tuple(w.encode_rr(w.QUESTION_POINTER, rtype, ttl, a.packed) for a in addresses)
 
 
@@ -75,7 +77,8 @@ def _srv_parts(targets: list[SrvTarget], ttl: int) -> tuple[tuple[bytes, ...], t
         name = w.encode_name(target.target)
         rdata = struct.pack("!HHH", 0, 0, target.port) + name
         records.append(w.encode_rr(w.QUESTION_POINTER, w.SRV, ttl, rdata))
-        for address in (*target.ipv4, *target.ipv6):
+        addresses: tuple[IPAddress, ...] = (*target.ipv4, *target.ipv6)
+        for address in addresses:
             rtype = w.A if address.version == 4 else w.AAAA
             glue[w.encode_rr(name, rtype, ttl, address.packed)] = None
     return tuple(records), tuple(glue)
@@ -84,7 +87,7 @@ def _srv_parts(targets: list[SrvTarget], ttl: int) -> tuple[tuple[bytes, ...], t
 def _apex_groups(data: NameData, qtype: int) -> list[tuple[bytes, ...]]:
     if not data.apex:
         return []
-    groups = []
+    groups: list[tuple[bytes, ...]] = []
     if qtype in (w.SOA, w.ANY):
         groups.append((soa_record(data.zone, w.QUESTION_POINTER),))
     if qtype in (w.NS, w.ANY):

@@ -189,7 +189,7 @@ def _dnat_rules(objects: list[dict[str, Any]]) -> Iterator[tuple[str, str, int, 
             yield parsed
 
 
-def _parse_rule(exprs: list[dict[str, Any]]) -> tuple[str, str, int, str, int] | None:
+def _parse_rule(exprs: list[dict[str, Any]]) -> tuple[Any, str, Any, Any, Any] | None:
     matches: dict[tuple[str, str], Any] = {}
     dnat: dict[str, Any] | None = None
     for expr in exprs:

@@ -263,6 +263,7 @@ def rewrite(
     try:
         current = _decode(_read_fd(fd, path))
         recovered = recover_original(current)
+        original_text: str | None
         if recovered is None:
             original, original_text = parse(current), current
             created = created_dir = False

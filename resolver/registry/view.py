@@ -12,12 +12,12 @@ is dropped with it, so a stale answer can never outlive a change.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from resolver.registry.model import Endpoint, Network, Service, State, Upstream
-from resolver.registry.names import reverse_key, wire_key
+from resolver.registry.names import IPAddress, reverse_key, wire_key
 
 RESOLVER_ADDRESS = "127.0.0.11"
 
@@ -124,7 +124,8 @@ class _TableBuilder:
         for name in ep.dns_names():
             for data in self.entries(name):
                 data.add_addresses(ep.ipv4, ep.ipv6)
-        for address in (*ep.ipv4, *ep.ipv6):
+        addresses: tuple[IPAddress, ...] = (*ep.ipv4, *ep.ipv6)
+        for address in addresses:
             key = reverse_key(address)
             if key not in self.names:
                 self.names[key] = NameData(zone=self.local_zone, ptr=self.qualified(ep.name))
@@ -175,7 +176,7 @@ def build_network_names(state: State, network: Network) -> dict[bytes, NameData]
     return builder.names
 
 
-def merge_tables(networks: tuple[Network, ...], per_network: list[Mapping[bytes, NameData]]) -> NameTable:
+def merge_tables(networks: tuple[Network, ...], per_network: Sequence[Mapping[bytes, NameData]]) -> NameTable:
     """Union of the networks' names; the first network (in sandbox order) wins a shared name."""
     names: dict[bytes, NameData] = {}
     for table in per_network:

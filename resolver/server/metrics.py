@@ -7,7 +7,7 @@ import bisect
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -76,7 +76,7 @@ class _Collector:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         m = self.metrics
         queries = CounterMetricFamily(
             "resolver_queries",
@@ -96,8 +96,8 @@ class _Collector:
             "Failed upstream attempts, by server and reason",
             labels=["server", "reason"],
         )
-        for labels, n in sorted(m.upstream_errors.items()):
-            errors.add_metric(list(labels), n)
+        for server_reason, n in sorted(m.upstream_errors.items()):
+            errors.add_metric(list(server_reason), n)
         yield errors
         overload = CounterMetricFamily(
             "resolver_overload", "Queries refused with SERVFAIL because a limit was reached", labels=["limit"]
