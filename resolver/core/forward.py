@@ -59,10 +59,16 @@ def verdict(reply: bytes) -> Verdict:
     return Verdict.ANSWER
 
 
-def relay(reply: bytes, forward: Forward) -> bytes:
-    """The upstream reply made the client's: its id and spelling, its EDNS or none, its size limit."""
+def relay(reply: bytes, forward: Forward) -> bytes | None:
+    """The upstream reply made the client's: its id and spelling, its EDNS or none, its size limit.
+    None when the reply cannot be relayed (malformed beyond what the byte-level splice needs)."""
     spliced = _splice(reply, forward)
-    return spliced if spliced is not None else _rebuild(reply, forward)
+    if spliced is not None:
+        return spliced
+    try:
+        return _rebuild(reply, forward)
+    except Exception:  # untrusted bytes: dnspython raises many kinds (FormError, ValueError, ...)
+        return None
 
 
 def _splice(reply: bytes, forward: Forward) -> bytes | None:

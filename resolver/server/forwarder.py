@@ -85,9 +85,10 @@ class Forwarder:
         try:
             do = forward.do
             reply = await self._shared(forward, sandbox, do, tcp)
-            if reply is None:
+            relayed = None if reply is None else fw.relay(reply, forward)
+            if relayed is None:
                 return fw.servfail(forward), "servfail"
-            return fw.relay(reply, forward), "upstream"
+            return relayed, "upstream"
         finally:
             self.total -= 1
             self.per_sandbox[sandbox] -= 1
@@ -152,6 +153,9 @@ class Forwarder:
             return None
         if fw.verdict(reply) is fw.Verdict.TRY_NEXT:
             self._failed(upstream, f"rcode-{reply[3] & 0x0F}", "answered with an error rcode")
+            return None
+        if fw.relay(reply, forward) is None:
+            self._failed(upstream, "malformed", "sent a reply that cannot be relayed")
             return None
         self.health.succeeded(upstream, sandbox)
         return reply
