@@ -269,6 +269,26 @@ def scripted(make_netns: Callable[[], str]) -> Iterator[Callable[..., ScriptedUp
     assert not errors, f"scripted upstream handlers failed: {errors!r}"
 
 
+@pytest.fixture
+def behind_scripted(
+    addresses: Addresses,
+    make_netns: Callable[[], str],
+    start_daemon: Callable[..., Daemon],
+    scripted: Callable[..., ScriptedUpstream],
+) -> Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]]:
+    """`behind_scripted(handler)`: a scripted upstream, a daemon using it as its host server, and a
+    joined sandbox, returned as (upstream, daemon, netns)."""
+
+    def make(handler: Handler) -> tuple[ScriptedUpstream, Daemon, str]:
+        upstream = scripted(addresses.take(), handler)
+        daemon = start_daemon([upstream.address])
+        netns = make_netns()
+        daemon.join(netns)
+        return upstream, daemon, netns
+
+    return make
+
+
 @dataclass
 class Dnsmasq:
     proc: subprocess.Popen[bytes]

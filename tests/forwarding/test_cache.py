@@ -12,7 +12,7 @@ import dns.rcode
 import pytest
 
 from .conftest import Addresses, Daemon
-from .helpers import Client, ScriptedUpstream, Send, answer_with, nxdomain_reply, soa_rrset
+from .helpers import Client, Handler, ScriptedUpstream, Send, answer_with, nxdomain_reply, soa_rrset
 
 pytestmark = pytest.mark.netns
 
@@ -68,18 +68,12 @@ def test_cached_ttls_count_down(
 
 
 def test_nxdomain_is_cached_for_the_soa_minimum(
-    addresses: Addresses,
-    make_netns: Callable[[], str],
-    start_daemon: Callable[..., Daemon],
-    scripted: Callable[..., ScriptedUpstream],
+    behind_scripted: Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]],
 ) -> None:
     def handle(query: dns.message.Message, _transport: str) -> list[Send]:
         return [Send(nxdomain_reply(query, "neg.test.", ttl=300, minimum=2))]
 
-    upstream = scripted(addresses.take(), handle)
-    daemon = start_daemon([upstream.address])
-    netns = make_netns()
-    daemon.join(netns)
+    upstream, _daemon, netns = behind_scripted(handle)
 
     with Client(netns) as client:
         first = client.ask("gone.neg.test")
@@ -142,18 +136,12 @@ def test_cache_can_be_turned_off(
 
 
 def test_cached_nxdomain_keeps_its_soa(
-    addresses: Addresses,
-    make_netns: Callable[[], str],
-    start_daemon: Callable[..., Daemon],
-    scripted: Callable[..., ScriptedUpstream],
+    behind_scripted: Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]],
 ) -> None:
     def handle(query: dns.message.Message, _transport: str) -> list[Send]:
         return [Send(nxdomain_reply(query, "neg.test.", ttl=300, minimum=60))]
 
-    upstream = scripted(addresses.take(), handle)
-    daemon = start_daemon([upstream.address])
-    netns = make_netns()
-    daemon.join(netns)
+    upstream, _daemon, netns = behind_scripted(handle)
 
     with Client(netns) as client:
         first = client.ask("gone.neg.test")

@@ -14,7 +14,17 @@ import dns.rrset
 import pytest
 
 from .conftest import Addresses, Daemon
-from .helpers import Client, ScriptedUpstream, Send, a_reply, answer_with, nxdomain_reply, response, soa_rrset
+from .helpers import (
+    Client,
+    Handler,
+    ScriptedUpstream,
+    Send,
+    a_reply,
+    answer_with,
+    nxdomain_reply,
+    response,
+    soa_rrset,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -23,18 +33,12 @@ TWENTY = MANY[:20]
 
 
 def test_nxdomain_with_soa_reaches_the_client_intact(
-    addresses: Addresses,
-    make_netns: Callable[[], str],
-    start_daemon: Callable[..., Daemon],
-    scripted: Callable[..., ScriptedUpstream],
+    behind_scripted: Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]],
 ) -> None:
     def handle(query: dns.message.Message, _transport: str) -> list[Send]:
         return [Send(nxdomain_reply(query, "example.test.", ttl=600, minimum=60))]
 
-    upstream = scripted(addresses.take(), handle)
-    daemon = start_daemon([upstream.address])
-    netns = make_netns()
-    daemon.join(netns)
+    upstream, _daemon, netns = behind_scripted(handle)
 
     with Client(netns) as client:
         answer = client.ask("Missing.Example.test")
@@ -49,10 +53,7 @@ def test_nxdomain_with_soa_reaches_the_client_intact(
 
 
 def test_truncated_udp_reply_becomes_a_whole_answer(
-    addresses: Addresses,
-    make_netns: Callable[[], str],
-    start_daemon: Callable[..., Daemon],
-    scripted: Callable[..., ScriptedUpstream],
+    behind_scripted: Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]],
 ) -> None:
     def handle(query: dns.message.Message, transport: str) -> list[Send]:
         if transport == "udp":
@@ -61,10 +62,7 @@ def test_truncated_udp_reply_becomes_a_whole_answer(
             return [Send(truncated.to_wire())]
         return [Send(a_reply(query, TWENTY))]
 
-    upstream = scripted(addresses.take(), handle)
-    daemon = start_daemon([upstream.address])
-    netns = make_netns()
-    daemon.join(netns)
+    upstream, _daemon, netns = behind_scripted(handle)
 
     with Client(netns) as client:
         answer = client.ask("big.test")  # UDP, no EDNS: 512 bytes is enough for 20 A records
@@ -93,10 +91,7 @@ def test_tcp_client_is_forwarded_over_tcp(
 
 
 def test_large_reply_without_edns_is_truncated_only_for_the_client(
-    addresses: Addresses,
-    make_netns: Callable[[], str],
-    start_daemon: Callable[..., Daemon],
-    scripted: Callable[..., ScriptedUpstream],
+    behind_scripted: Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]],
 ) -> None:
     def handle(query: dns.message.Message, _transport: str) -> list[Send]:
         reply = response(query)
@@ -106,10 +101,7 @@ def test_large_reply_without_edns_is_truncated_only_for_the_client(
         assert len(wire) > 512
         return [Send(wire)]
 
-    upstream = scripted(addresses.take(), handle)
-    daemon = start_daemon([upstream.address])
-    netns = make_netns()
-    daemon.join(netns)
+    upstream, _daemon, netns = behind_scripted(handle)
 
     with Client(netns) as client:
         with_edns = client.ask("large-edns.test", edns=True)
