@@ -75,10 +75,13 @@ def test_splice_and_rebuild_agree() -> None:
     reply = upstream_reply(0x1234)
     spliced = fw._splice(reply, forward())
     assert spliced is not None
-    assert (
-        dns.message.from_wire(spliced).to_text()
-        == dns.message.from_wire(fw._rebuild(reply, forward())).to_text()
-    )
+    rebuilt = fw._rebuild(reply, forward())
+
+    def records(wire: bytes) -> list[str]:
+        """Every line of the message but the id, in a fixed order (rdata order within a set is free)."""
+        return sorted(dns.message.from_wire(wire).to_text().splitlines()[1:])
+
+    assert records(spliced) == records(rebuilt)
 
 
 def test_a_reply_too_big_for_the_client_is_truncated_with_tc() -> None:
