@@ -18,15 +18,9 @@ pytestmark = pytest.mark.netns
 
 
 def test_repeated_question_is_answered_from_the_cache(
-    addresses: Addresses,
-    make_netns: Callable[[], str],
-    start_daemon: Callable[..., Daemon],
-    scripted: Callable[..., ScriptedUpstream],
+    behind_scripted: Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]],
 ) -> None:
-    upstream = scripted(addresses.take(), answer_with(["10.0.0.1"], ttl=300))
-    daemon = start_daemon([upstream.address])
-    netns = make_netns()
-    daemon.join(netns)
+    upstream, daemon, netns = behind_scripted(answer_with(["10.0.0.1"], ttl=300))
 
     with Client(netns) as client:
         first = client.ask("cached.test")
@@ -43,15 +37,9 @@ def test_repeated_question_is_answered_from_the_cache(
 
 
 def test_cached_ttls_count_down(
-    addresses: Addresses,
-    make_netns: Callable[[], str],
-    start_daemon: Callable[..., Daemon],
-    scripted: Callable[..., ScriptedUpstream],
+    behind_scripted: Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]],
 ) -> None:
-    upstream = scripted(addresses.take(), answer_with(["10.0.0.1"], ttl=300))
-    daemon = start_daemon([upstream.address])
-    netns = make_netns()
-    daemon.join(netns)
+    upstream, _daemon, netns = behind_scripted(answer_with(["10.0.0.1"], ttl=300))
 
     with Client(netns) as client:
         first = client.ask("ttl.test")

@@ -13,7 +13,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from .conftest import Addresses, Daemon
+from .conftest import Daemon
 from .helpers import (
     Client,
     Handler,
@@ -74,15 +74,9 @@ def test_truncated_udp_reply_becomes_a_whole_answer(
 
 
 def test_tcp_client_is_forwarded_over_tcp(
-    addresses: Addresses,
-    make_netns: Callable[[], str],
-    start_daemon: Callable[..., Daemon],
-    scripted: Callable[..., ScriptedUpstream],
+    behind_scripted: Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]],
 ) -> None:
-    upstream = scripted(addresses.take(), answer_with(["1.2.3.4"]))
-    daemon = start_daemon([upstream.address])
-    netns = make_netns()
-    daemon.join(netns)
+    upstream, _daemon, netns = behind_scripted(answer_with(["1.2.3.4"]))
 
     with Client(netns) as client:
         answer = client.ask("tcp.test", tcp=True)

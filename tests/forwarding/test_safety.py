@@ -16,7 +16,7 @@ import dns.rcode
 import pytest
 
 from .conftest import Addresses, Daemon
-from .helpers import Client, ScriptedUpstream, Send, a_reply, answer_with, make_query
+from .helpers import Client, Handler, ScriptedUpstream, Send, a_reply, answer_with, make_query
 
 pytestmark = pytest.mark.netns
 
@@ -99,15 +99,9 @@ def test_only_forged_replies_give_servfail(
 
 
 def test_upstream_ids_and_source_ports_are_unpredictable(
-    addresses: Addresses,
-    make_netns: Callable[[], str],
-    start_daemon: Callable[..., Daemon],
-    scripted: Callable[..., ScriptedUpstream],
+    behind_scripted: Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]],
 ) -> None:
-    upstream = scripted(addresses.take(), answer_with([RIGHT]))
-    daemon = start_daemon([upstream.address])
-    netns = make_netns()
-    daemon.join(netns)
+    upstream, _daemon, netns = behind_scripted(answer_with([RIGHT]))
 
     client_ids = []
     with Client(netns) as client:
@@ -131,15 +125,9 @@ def random_case(name: str, rng: random.Random) -> str:
 
 
 def test_identical_concurrent_questions_share_one_upstream_query(
-    addresses: Addresses,
-    make_netns: Callable[[], str],
-    start_daemon: Callable[..., Daemon],
-    scripted: Callable[..., ScriptedUpstream],
+    behind_scripted: Callable[[Handler], tuple[ScriptedUpstream, Daemon, str]],
 ) -> None:
-    upstream = scripted(addresses.take(), answer_with([RIGHT], delay=0.3))
-    daemon = start_daemon([upstream.address])
-    netns = make_netns()
-    daemon.join(netns)
+    upstream, _daemon, netns = behind_scripted(answer_with([RIGHT], delay=0.3))
 
     rng = random.Random(4)
     ids = rng.sample(range(65536), 50)

@@ -141,6 +141,7 @@ class Daemon:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.listen_mode = listen_mode
+        self.log_level: str | None = "debug"
         self.socket = workdir / "s.sock"
         self.state_dir = workdir / "state"
         self.host_resolv_conf = workdir / "resolv.conf"
@@ -162,8 +163,7 @@ class Daemon:
             str(self.host_resolv_conf),
             "--listen-mode",
             self.listen_mode,
-            "--log-level",
-            "debug",
+            *(["--log-level", self.log_level] if self.log_level else []),
         ]
 
     @property

@@ -54,6 +54,7 @@ class OpsDaemon(Daemon):
         flags: Sequence[str] = (),
     ) -> None:
         super().__init__(workdir)
+        self.log_level = None
         self.config = workdir / "resolver.toml"
         self.use_config = config is not None
         if config is not None:
@@ -62,16 +63,7 @@ class OpsDaemon(Daemon):
         self.flags = list(flags)
 
     def command(self) -> list[str]:
-        cmd = [
-            str(RESOLVER),
-            "serve",
-            "--socket",
-            str(self.socket),
-            "--state-dir",
-            str(self.state_dir),
-            "--host-resolv-conf",
-            str(self.host_resolv_conf),
-        ]
+        cmd = super().command()
         if self.use_config:
             cmd += ["--config", str(self.config)]
         cmd += self.flags
