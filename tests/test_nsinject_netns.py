@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import secrets
-import selectors
 import shutil
 import socket
 import subprocess
@@ -20,6 +19,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from echoserver import EchoServer
 
 from resolver.nsinject import netns as nsmod
 from resolver.nsinject.netns import (
@@ -100,40 +100,6 @@ def _run_client_in(name: str, port: int) -> list[str]:
         check=True,
     )
     return proc.stdout.split()
-
-
-class EchoServer:
-    """Echoes one UDP datagram per recv and each TCP connection's first message, on a thread."""
-
-    def __init__(self, listeners: Listeners) -> None:
-        self.listeners = listeners
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> EchoServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _serve(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self.listeners.udp, selectors.EVENT_READ)
-        sel.register(self.listeners.tcp, selectors.EVENT_READ)
-        while not self._stop.is_set():
-            for key, _ in sel.select(timeout=0.1):
-                if key.fileobj is self.listeners.udp:
-                    data, peer = self.listeners.udp.recvfrom(512)
-                    self.listeners.udp.sendto(data.replace(b"ping", b"pong"), peer)
-                else:
-                    conn, _ = self.listeners.tcp.accept()
-                    with conn:
-                        conn.setblocking(True)
-                        conn.settimeout(3)
-                        conn.sendall(conn.recv(512).replace(b"ping", b"pong"))
-        sel.close()
 
 
 def _fd_count() -> int:

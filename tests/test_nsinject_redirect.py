@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import selectors
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
+from echoserver import EchoServer
 
 from resolver.nsinject import redirect as rdmod
 from resolver.nsinject.netns import Listeners, NamespaceWorker, open_listeners_in
@@ -80,37 +79,6 @@ def _in_ns(name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProc
 
 def _host_ruleset() -> str:
     return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
-
-
-class EchoServer:
-    def __init__(self, listeners: Listeners) -> None:
-        self.listeners = listeners
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> EchoServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _serve(self) -> None:
-        udp, tcp = self.listeners.udp, self.listeners.tcp
-        with selectors.DefaultSelector() as sel:
-            sel.register(udp, selectors.EVENT_READ)
-            sel.register(tcp, selectors.EVENT_READ)
-            while not self._stop.is_set():
-                for key, _ in sel.select(timeout=0.1):
-                    if key.fileobj is udp:
-                        data, peer = udp.recvfrom(512)
-                        udp.sendto(data.replace(b"ping", b"pong"), peer)
-                        continue
-                    conn, _ = tcp.accept()
-                    with conn:
-                        conn.settimeout(3)
-                        conn.sendall(conn.recv(512).replace(b"ping", b"pong"))
 
 
 # ---------------------------------------------------------------------------------------------------------
