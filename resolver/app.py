@@ -5,8 +5,13 @@ Rules:
 - every change goes registry first (so the first packet finds the name), then sockets, then resolv.conf
   (the sandbox switches to 127.0.0.11 only once something answers there); a failed attach undoes itself
   and the registration, and the caller gets the reason;
-- a change is acknowledged only after the state is persisted; a restarted daemon re-attaches every
-  sandbox whose namespace still exists (same identity) and drops the others;
+- a change is acknowledged only after the state is persisted; a change that cannot be saved (full or
+  read-only state directory) is undone and refused with PersistError. A new sandbox's state is saved
+  after its probe and before its resolv.conf is written, a last leave's after its resolv.conf is
+  restored: a daemon killed at any point comes back with the sandbox either fully joined or fully
+  absent, and with the record that undoes every resolv.conf it wrote;
+- a restarted daemon re-attaches every sandbox whose namespace still exists (same identity) and drops
+  the others;
 - changes are serialised by one lock; queries never wait for it;
 - a vanished namespace is noticed by the watcher, which also restores flushed redirect rules and
   re-reads the host resolv.conf when it changes.
@@ -49,10 +54,23 @@ PROBE_QUERY_NAME = b"\x07version\x04bind\x00"
 CLASS_CH = 3
 TXT = 16
 REDIRECT_PROBES_AT_ONCE = 32
+STALL_ENV = "RESOLVER_TEST_STALL_AT"
+"""Tests only: the name of a join step (see `_step`) where the daemon logs `stalled at STEP` and then
+waits for ever, so that a test can kill it exactly there. Unset in production."""
+
+
+async def _step(name: str, joining: bool = True) -> None:
+    if joining and os.environ.get(STALL_ENV) == name:
+        log.warning("stalled at %s (%s is set)", name, STALL_ENV)
+        await asyncio.Event().wait()
 
 
 class AttachError(Exception):
     """The daemon could not serve DNS inside a sandbox; the message says why."""
+
+
+class PersistError(Exception):
+    """A change could not be saved in the state directory, so it was undone; the message says why."""
 
 
 def sandbox_path(netns: str) -> str:
@@ -204,13 +222,45 @@ class Daemon:
     def _save(self) -> None:
         self.store.save(self.registry.state, self.records)
 
+    def _commit(self) -> None:
+        """Save the state; raises PersistError when it cannot be written (the caller undoes the change)."""
+        try:
+            self._save()
+        except OSError as exc:
+            log.error("cannot save the state in %s: %s", self.settings.state_dir, exc)
+            raise PersistError(
+                f"cannot save the state in {self.settings.state_dir}: {exc.strerror or exc}; "
+                "the change was not applied"
+            ) from None
+
+    def _save_or_log(self) -> None:
+        try:
+            self._save()
+        except OSError as exc:
+            log.error("cannot save the state in %s: %s", self.settings.state_dir, exc)
+
+    def _undo(self, before: m.State, change: m.Change) -> None:
+        self.registry.state = before
+        self._refresh_views(change)
+
+    def _apply_and_commit(self, event: m.Event) -> None:
+        before = self.registry.state
+        change = self._apply(event)
+        try:
+            self._commit()
+        except PersistError:
+            self._undo(before, change)
+            raise
+
     # ---- attach / detach -----------------------------------------------------------------------------
 
     async def _run_in(self, netns: str, fn: Any, *args: Any) -> Any:
         assert self.worker is not None
         return await self.worker.arun_in(netns, fn, *args)
 
-    async def _attach(self, netns: str, explicit_resolv_conf: str | None) -> None:
+    async def _attach(self, netns: str, explicit_resolv_conf: str | None, persist: bool = True) -> None:
+        """Serve DNS in `netns` and point its resolv.conf here; with `persist`, the state is saved
+        (PersistError when it cannot be) before resolv.conf is written."""
         assert self.worker is not None
         settings = self.settings
         port = 53 if settings.listen_mode == "direct" else 0
@@ -225,20 +275,25 @@ class Daemon:
         self.sites[netns] = site
         self.records.setdefault(netns, SandboxRecord()).identity = ns.netns_identity(netns)
         try:
+            await _step("listening", persist)
             if settings.listen_mode == "redirect":
                 await asyncio.to_thread(
                     redirect.install_redirect, netns, settings.listen_address, listeners.port
                 )
             if not await self._probe(netns, settings.join_timeout):
                 raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
-            await self._rewrite_resolv_conf(netns, explicit_resolv_conf)
+            await _step("probed", persist)
+            if not await self._rewrite_resolv_conf(netns, explicit_resolv_conf, persist) and persist:
+                self._commit()
         except Exception as exc:
             await self._detach(netns, restore=True)
-            if isinstance(exc, AttachError):
+            if isinstance(exc, AttachError | PersistError):
                 raise
             raise AttachError(f"cannot set up DNS in {netns}: {exc}") from None
 
-    async def _rewrite_resolv_conf(self, netns: str, explicit: str | None) -> None:
+    async def _rewrite_resolv_conf(self, netns: str, explicit: str | None, persist: bool) -> bool:
+        """Point the sandbox's resolv.conf here; True when the state was saved (with `persist`) between
+        planning the rewrite and writing the file."""
         record = self.records[netns]
         try:
             path = resolvfile.resolv_conf_path_for(netns, explicit or record.resolv_conf)
@@ -246,11 +301,11 @@ class Daemon:
             log.warning(
                 "no resolv.conf is known for %s (pass --resolv-conf); it is served but not rewritten", netns
             )
-            return
+            return False
         previous = resolvfile.Rewrite.from_dict(record.rewrite) if record.rewrite else None
         try:
-            rewrite, servers = await asyncio.to_thread(
-                resolvfile.rewrite, path, self.settings.listen_address, self.host_text, previous=previous
+            plan = await asyncio.to_thread(
+                resolvfile.plan_rewrite, path, self.settings.listen_address, self.host_text, previous=previous
             )
         except FileNotFoundError:
             if explicit:
@@ -258,10 +313,21 @@ class Daemon:
             log.warning(
                 "no resolv.conf at %s; %s is served but its resolv.conf is not rewritten", path, netns
             )
-            return
-        record.rewrite, record.resolv_conf = rewrite.to_dict(), path
-        if not rewrite.created:
-            self._apply(m.SetSandboxUpstreams(netns, servers))
+            return False
+        undo = (record.rewrite, record.resolv_conf)
+        record.rewrite, record.resolv_conf = plan.record.to_dict(), path
+        if not plan.record.created:
+            self._apply(m.SetSandboxUpstreams(netns, plan.servers))
+        if persist:
+            try:
+                self._commit()  # the record that undoes the rewrite is on disk before the file changes
+            except PersistError:
+                record.rewrite, record.resolv_conf = undo
+                raise
+            await _step("saved")
+        await asyncio.to_thread(resolvfile.write_plan, plan)
+        await _step("resolv-conf-written", persist)
+        return persist
 
     async def _detach(self, netns: str, restore: bool, keep_record: bool = False) -> None:
         site = self.sites.pop(netns, None)
@@ -315,12 +381,12 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 continue
             try:
-                await self._attach(netns, self.records.get(netns, SandboxRecord()).resolv_conf)
+                await self._attach(netns, self.records.get(netns, SandboxRecord()).resolv_conf, persist=False)
                 log.info("re-attached sandbox %s", netns)
             except AttachError as exc:
                 log.error("could not re-attach %s: %s; dropping it", netns, exc)
-                await self._forget(netns, restore=False)
-        self._save()
+                await self._forget(netns, restore=True)
+        self._save_or_log()
 
     async def _forget(self, netns: str, restore: bool) -> None:
         self._apply(m.RemoveSandbox(netns))
@@ -356,7 +422,7 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 changed = True
         if changed:
-            self._save()
+            self._save_or_log()
 
     async def _check_redirects(self) -> None:
         """Probe every sandbox through its redirect rule, concurrently and outside the change lock;
@@ -389,25 +455,21 @@ class Daemon:
 
     async def create_network(self, event: m.CreateNetwork) -> m.Network:
         async with self.lock:
-            self._apply(event)
-            self._save()
+            self._apply_and_commit(event)
             return self.registry.state.networks[event.name]
 
     async def remove_network(self, name: str) -> None:
         async with self.lock:
-            self._apply(m.RemoveNetwork(name))
-            self._save()
+            self._apply_and_commit(m.RemoveNetwork(name))
 
     async def create_service(self, event: m.CreateService) -> m.Service:
         async with self.lock:
-            self._apply(event)
-            self._save()
+            self._apply_and_commit(event)
             return self.registry.state.services[(event.network, event.name)]
 
     async def remove_service(self, network: str, name: str) -> None:
         async with self.lock:
-            self._apply(m.RemoveService(network, name))
-            self._save()
+            self._apply_and_commit(m.RemoveService(network, name))
 
     async def join(self, event: m.JoinEndpoint) -> m.Endpoint:
         async with self.lock:
@@ -419,14 +481,20 @@ class Daemon:
             if netns not in self.registry.state.sandboxes and ns.netns_identity(netns) is None:
                 raise NotFound(f"network namespace {netns} does not exist")
             self._check_resolv_conf_matches(netns, event.resolv_conf)
+            before = self.registry.state
             change = self._apply(event)
-            if change.added_sandboxes:
-                try:
+            await _step("registered")
+            try:
+                if change.added_sandboxes:
                     await self._attach(netns, event.resolv_conf)
-                except AttachError:
-                    self._apply(m.LeaveEndpoint(event.endpoint, event.network))
-                    raise
-            self._save()
+                else:
+                    self._commit()
+            except (AttachError, PersistError):
+                self._undo(before, change)
+                if change.added_sandboxes:
+                    self._save_or_log()  # the attach may have saved the sandbox before failing
+                raise
+            await _step("joined")
             return self.registry.state.endpoints[(event.network, event.endpoint)]
 
     def _check_resolv_conf_matches(self, netns: str, path: str | None) -> None:
@@ -438,11 +506,28 @@ class Daemon:
     async def leave(self, endpoint: str, network: str | None) -> m.Endpoint:
         async with self.lock:
             found = self._find_endpoint(endpoint, network)
+            before = self.registry.state
             change = self._apply(m.LeaveEndpoint(endpoint, found.network))
-            for sandbox in change.removed_sandboxes:
-                await self._detach(sandbox.netns, restore=True)
-            self._save()
+            detached = [(sb.netns, self.records.get(sb.netns)) for sb in change.removed_sandboxes]
+            for netns, _record in detached:
+                await self._detach(netns, restore=True)
+            try:
+                self._commit()
+            except PersistError:
+                self._undo(before, change)
+                for netns, record in detached:
+                    await self._reattach(netns, record or SandboxRecord())
+                raise
             return found
+
+    async def _reattach(self, netns: str, record: SandboxRecord) -> None:
+        """Undo a detach whose leave could not be saved: serve the sandbox and rewrite its file again."""
+        self.records[netns] = record
+        try:
+            await self._attach(netns, record.resolv_conf, persist=False)
+        except AttachError as exc:
+            log.error("could not re-attach %s after a failed leave: %s; dropping it", netns, exc)
+            await self._forget(netns, restore=True)
 
     def _find_endpoint(self, endpoint: str, network: str | None) -> m.Endpoint:
         return find_endpoint(self.registry.state, endpoint, network)
@@ -472,4 +557,4 @@ class Daemon:
         }
 
 
-__all__ = ["AttachError", "Daemon", "RegistryError"]
+__all__ = ["AttachError", "Daemon", "PersistError", "RegistryError"]

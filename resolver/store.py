@@ -1,13 +1,16 @@
 """Persistence of registrations and sandboxes in the state directory.
 
-Rules: the whole state is one JSON document written atomically (temporary file, fsync, rename, fsync of
-the directory), so after a crash - SIGKILL included - the file is either the previous or the new
-state, never a mix. Loading replays the records as registry events, so saved data is validated exactly
-like live requests; a record that no longer validates is reported and skipped, never fatal.
+Rules: the whole state is one JSON document written atomically (temporary file, fsync, rename, fsync of the
+directory), so after a crash - SIGKILL included - the file is either the previous or the new state, never a
+mix; a save that fails (full or read-only file system) raises OSError, leaves the previous state file as it
+was and removes its partial temporary file. Loading replays the records as registry events, so saved data is
+validated exactly like live requests; a record that no longer validates is reported and skipped, never
+fatal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -131,13 +134,20 @@ class Store:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = json.dumps(encode(state, sandboxes), indent=1).encode()
         tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:  # a write may be short (a nearly full file system): the rest follows or fails
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a partial file would hold the space a later save needs
+            raise
         dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
