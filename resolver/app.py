@@ -271,6 +271,7 @@ class Daemon:
                 f"cannot listen on {settings.listen_address}:{port} in {netns}: {exc}"
             ) from None
         site = Site(netns, self.view(netns), listeners, self.dispatcher, settings)
+        self.sockets.open(netns)
         await site.start(self.metrics.fast)
         self.sites[netns] = site
         self.records.setdefault(netns, SandboxRecord()).identity = ns.netns_identity(netns)
@@ -334,6 +335,7 @@ class Daemon:
         if site is not None:
             await site.close(self.settings.drain_timeout)
         self.sockets.drop(netns)
+        self.forwarder.forget(netns)
         record = self.records.get(netns) if keep_record else self.records.pop(netns, None)
         if self.settings.listen_mode == "redirect" and ns.netns_identity(netns) is not None:
             with contextlib.suppress(redirect.RedirectError):

@@ -25,6 +25,7 @@ from resolver.server.metrics import Metrics
 from resolver.server.upstream import (
     PROBE_QUESTION,
     Health,
+    SandboxClosed,
     SocketFactory,
     UpstreamError,
     ask,
@@ -66,6 +67,10 @@ class Forwarder:
     def close(self) -> None:
         for probe in self._probes:
             probe.cancel()
+
+    def forget(self, sandbox: str) -> None:
+        """The sandbox left: its own servers' health goes, and so do the probes of them."""
+        self.health.forget(sandbox)
 
     def over_limit(self, sandbox: str) -> str | None:
         if self.total >= self.settings.limits_inflight_total:
@@ -175,6 +180,9 @@ class Forwarder:
                 await ask(
                     make_socket, upstream, probe_query, PROBE_QUESTION, self.settings.upstream_timeout, False
                 )
+            except SandboxClosed:
+                self.health.forget(sandbox)  # the sandbox left: nothing to probe from any more
+                return
             except Exception:
                 continue
             break

@@ -70,23 +70,38 @@ def _new_sockets(family: socket.AddressFamily, kind: int, count: int) -> list[so
     return [_new_socket(family, kind) for _ in range(count)]
 
 
+class SandboxClosed(OSError):
+    """No socket is made in a sandbox the daemon no longer serves (it left, or its namespace went)."""
+
+
 class SocketPool:
     """Fresh, never-used sockets made inside sandboxes in batches, so one trip through the namespace
     worker serves many upstream queries. Each socket is used for one query and closed: the kernel
-    still picks a new random source port at connect time. `drop` closes a sandbox's spare sockets,
-    which would otherwise keep its namespace alive."""
+    still picks a new random source port at connect time. Sockets are made only for sandboxes between
+    `open` and `drop`: `drop` closes a sandbox's spare sockets, which would otherwise keep its namespace
+    alive, and a query or probe still running for it afterwards gets SandboxClosed instead of a socket."""
 
     def __init__(self, run_in: Callable[..., Awaitable[list[socket.socket]]], batch: int = 32) -> None:
         self.run_in = run_in
         self.batch = batch
         self._spare: dict[tuple[str, socket.AddressFamily, int], list[socket.socket]] = {}
+        self._open: set[str] = set()
+
+    def open(self, sandbox: str) -> None:
+        self._open.add(sandbox)
 
     def factory(self, sandbox: str) -> SocketFactory:
         async def make(upstream: Upstream, kind: int) -> socket.socket:
             key = (sandbox, _family(upstream.address), kind)
             spare = self._spare.get(key)
             if not spare:
+                if sandbox not in self._open:
+                    raise SandboxClosed(f"sandbox {sandbox} is no longer served")
                 made = await self.run_in(sandbox, _new_sockets, key[1], kind, self.batch)
+                if sandbox not in self._open:  # dropped while the sockets were being made
+                    for sock in made:
+                        sock.close()
+                    raise SandboxClosed(f"sandbox {sandbox} is no longer served")
                 spare = self._spare.setdefault(key, [])
                 spare.extend(made)
             return spare.pop()
@@ -94,12 +109,13 @@ class SocketPool:
         return make
 
     def drop(self, sandbox: str) -> None:
+        self._open.discard(sandbox)
         for key in [k for k in self._spare if k[0] == sandbox]:
             for sock in self._spare.pop(key):
                 sock.close()
 
     def close(self) -> None:
-        for sandbox in {k[0] for k in self._spare}:
+        for sandbox in {*self._open, *(k[0] for k in self._spare)}:
             self.drop(sandbox)
 
 
@@ -135,6 +151,10 @@ class Health:
 
     def is_down(self, upstream: Upstream, sandbox: str) -> bool:
         return server_key(upstream, sandbox) in self._down
+
+    def forget(self, sandbox: str) -> None:
+        """Drop what is known about a sandbox's own servers (it left); its probes then stop."""
+        self._down = {key for key in self._down if key[0] != sandbox}
 
     def down(self) -> list[str]:
         return sorted(f"{a}:{p}" + (f" (from {s})" if s else "") for s, a, p in self._down)

@@ -1,7 +1,8 @@
 """Upstream faults not covered elsewhere: a reply that arrives after the daemon gave up (dropped, never
 relayed, never cached), a reply that arrives after the client gave up, garbage replies (skipped, next
 server asked), a closed upstream port, and a sandbox namespace deleted while its forwarded queries wait
-on a slow upstream (no crash, other sandboxes unaffected, every socket and descriptor given back).
+on a slow upstream (no crash, other sandboxes unaffected, every socket and descriptor given back), and a
+sandbox that leaves while its query still has servers inside it to try (no socket is made there again).
 
 Covered elsewhere and not repeated here: a blackholed or failing upstream (test_failover.py), replies
 with a wrong id, question, port or source address (test_safety.py), overload (test_limits.py).
@@ -23,7 +24,17 @@ import pytest
 from integration.nstools import sockets_by_netns, wait_until
 
 from .conftest import Addresses, Daemon
-from .helpers import Client, ScriptedUpstream, Send, a_reply, answer_with, make_query, metric_sum, response
+from .helpers import (
+    Client,
+    ScriptedUpstream,
+    Send,
+    a_reply,
+    answer_with,
+    make_query,
+    metric_sum,
+    response,
+    silent,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -235,4 +246,29 @@ def test_namespace_deleted_with_forwarded_queries_in_flight(
     )
     with Client(keep) as client:
         assert client.ask("after.test").addresses() == [RIGHT]
+    assert daemon.proc.poll() is None
+
+
+def test_leave_while_a_query_still_has_in_sandbox_servers_to_try_makes_no_socket_there(
+    make_netns: Callable[[], str],
+    start_daemon: Callable[..., Daemon],
+    scripted: Callable[..., ScriptedUpstream],
+) -> None:
+    """A query waits on four blackholed servers inside its sandbox (attempts 1.5 s apart) when the
+    sandbox leaves: the later attempts and the health probes must not make sockets in it again (they
+    kept 31 spare sockets, and with them the namespace, alive for ever)."""
+    daemon = start_daemon(
+        [], upstream_timeout=1.5, upstream_max_attempts=4, drain_timeout=0.2, upstream_probe_interval=0.3
+    )
+    netns = make_netns()
+    servers = [scripted(f"127.0.0.{i}", silent, netns=netns) for i in (1, 2, 3, 4)]
+    endpoint = daemon.join(netns, dns=tuple(server.address for server in servers))
+    inode = os.stat(f"/run/netns/{netns}").st_ino
+    with Client(netns) as client:
+        client.sock.send(make_query("stuck.test").to_wire())
+        assert wait_until(lambda: servers[0].count() == 1, timeout=5)
+        daemon.leave(endpoint)
+        time.sleep(5.0)  # past the time of every later attempt and of many probes
+    assert [server.count() for server in servers] == [1, 0, 0, 0], "queries sent from a sandbox that left"
+    assert sockets_by_netns(daemon.pid)[inode] == 0, "sockets still hold the namespace of a sandbox that left"
     assert daemon.proc.poll() is None
