@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -191,18 +192,29 @@ class Daemon:
         return self.views.view(self.registry.state, netns, self.host_servers)
 
     def _refresh_views(self, change: m.Change | None = None) -> None:
-        if change is not None:
-            self.views.invalidate(change.touched_networks)
+        """Give every site whose names or upstreams changed a new view (all of them without a change)."""
+        if change is None:
+            for netns, site in self.sites.items():
+                site.view = self.view(netns)
+            return
+        self.views.apply(change)
+        networks, own = set(change.touched_networks), set(change.touched_sandboxes)
         for netns, site in self.sites.items():
-            site.view = self.view(netns)
+            if netns in own:
+                site.view = self.view(netns)
+            elif not networks.isdisjoint(site.view.table.networks):
+                site.view = self.views.rebound(change.state, site.view)
 
     def _apply(self, event: m.Event) -> m.Change:
         change = self.registry.apply(event)
         self._refresh_views(change)
         return change
 
-    def _save(self) -> None:
-        self.store.save(self.registry.state, self.records)
+    async def _save(self, dirty: Iterable[str] | None = None) -> None:
+        """Persist the change just made (`dirty`: the sandboxes whose records it may have changed;
+        None: any). The diff is taken here, in order; the disk write runs off the loop."""
+        prepared = self.store.prepare(self.registry.state, self.records, dirty)
+        await asyncio.to_thread(self.store.write, prepared)
 
     # ---- attach / detach -----------------------------------------------------------------------------
 
@@ -320,7 +332,7 @@ class Daemon:
             except AttachError as exc:
                 log.error("could not re-attach %s: %s; dropping it", netns, exc)
                 await self._forget(netns, restore=False)
-        self._save()
+        await self._save()
 
     async def _forget(self, netns: str, restore: bool) -> None:
         self._apply(m.RemoveSandbox(netns))
@@ -356,7 +368,7 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 changed = True
         if changed:
-            self._save()
+            await self._save()
 
     async def _check_redirects(self) -> None:
         """Probe every sandbox through its redirect rule, concurrently and outside the change lock;
@@ -390,24 +402,24 @@ class Daemon:
     async def create_network(self, event: m.CreateNetwork) -> m.Network:
         async with self.lock:
             self._apply(event)
-            self._save()
+            await self._save()
             return self.registry.state.networks[event.name]
 
     async def remove_network(self, name: str) -> None:
         async with self.lock:
             self._apply(m.RemoveNetwork(name))
-            self._save()
+            await self._save()
 
     async def create_service(self, event: m.CreateService) -> m.Service:
         async with self.lock:
             self._apply(event)
-            self._save()
+            await self._save()
             return self.registry.state.services[(event.network, event.name)]
 
     async def remove_service(self, network: str, name: str) -> None:
         async with self.lock:
             self._apply(m.RemoveService(network, name))
-            self._save()
+            await self._save()
 
     async def join(self, event: m.JoinEndpoint) -> m.Endpoint:
         async with self.lock:
@@ -426,7 +438,7 @@ class Daemon:
                 except AttachError:
                     self._apply(m.LeaveEndpoint(event.endpoint, event.network))
                     raise
-            self._save()
+            await self._save(dirty=(netns,))
             return self.registry.state.endpoints[(event.network, event.endpoint)]
 
     def _check_resolv_conf_matches(self, netns: str, path: str | None) -> None:
@@ -441,7 +453,7 @@ class Daemon:
             change = self._apply(m.LeaveEndpoint(endpoint, found.network))
             for sandbox in change.removed_sandboxes:
                 await self._detach(sandbox.netns, restore=True)
-            self._save()
+            await self._save(dirty=())
             return found
 
     def _find_endpoint(self, endpoint: str, network: str | None) -> m.Endpoint:

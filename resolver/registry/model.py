@@ -248,3 +248,7 @@ class Change:
     added_sandboxes: tuple[str, ...] = ()
     removed_sandboxes: tuple[Sandbox, ...] = ()
     touched_networks: tuple[str, ...] = ()
+    touched_sandboxes: tuple[str, ...] = ()
+    """Sandboxes whose own record changed (endpoints or upstreams), beyond what the networks say."""
+    joined: Endpoint | None = None
+    """The endpoint a join added, so views can extend a table instead of rebuilding it."""

@@ -185,7 +185,13 @@ def _join(state: State, ev: JoinEndpoint) -> Change:
         endpoints=_with(state.endpoints, key, endpoint),
         sandboxes=_with(state.sandboxes, sandbox.netns, sandbox),
     )
-    return Change(new, added_sandboxes=added, touched_networks=(endpoint.network,))
+    return Change(
+        new,
+        added_sandboxes=added,
+        touched_networks=(endpoint.network,),
+        touched_sandboxes=(sandbox.netns,),
+        joined=endpoint,
+    )
 
 
 def find_endpoint(state: State, endpoint_id: str, network: str | None = None) -> Endpoint:
@@ -210,9 +216,11 @@ def _drop_endpoints(state: State, keys: Iterable[tuple[str, str]]) -> Change:
     sandboxes = dict(state.sandboxes)
     removed: list[Sandbox] = []
     touched: list[str] = []
+    left: list[str] = []
     for key in keys:
         endpoint = endpoints.pop(key)
         touched.append(endpoint.network)
+        left.append(endpoint.sandbox)
         sandbox = sandboxes[endpoint.sandbox]
         remaining = tuple(k for k in sandbox.endpoints if k != key)
         if remaining:
@@ -220,7 +228,12 @@ def _drop_endpoints(state: State, keys: Iterable[tuple[str, str]]) -> Change:
         else:
             removed.append(sandboxes.pop(sandbox.netns))
     new = replace(state, endpoints=MappingProxyType(endpoints), sandboxes=MappingProxyType(sandboxes))
-    return Change(new, removed_sandboxes=tuple(removed), touched_networks=tuple(dict.fromkeys(touched)))
+    return Change(
+        new,
+        removed_sandboxes=tuple(removed),
+        touched_networks=tuple(dict.fromkeys(touched)),
+        touched_sandboxes=tuple(dict.fromkeys(left)),
+    )
 
 
 def _leave(state: State, ev: LeaveEndpoint) -> Change:
@@ -263,7 +276,8 @@ def _set_upstreams(state: State, ev: SetSandboxUpstreams) -> Change:
         raise NotFound(f"sandbox {ev.sandbox!r} is not known")
     servers = _check_servers(ev.upstreams)
     sandbox = replace(sandbox, original_upstreams=servers)
-    return Change(replace(state, sandboxes=_with(state.sandboxes, sandbox.netns, sandbox)))
+    new = replace(state, sandboxes=_with(state.sandboxes, sandbox.netns, sandbox))
+    return Change(new, touched_sandboxes=(sandbox.netns,))
 
 
 _HANDLERS: dict[type, Callable[[State, Any], Change]] = {
