@@ -214,7 +214,10 @@ class Daemon:
         """Persist the change just made (`dirty`: the sandboxes whose records it may have changed;
         None: any). The diff is taken here, in order; the disk write runs off the loop."""
         prepared = self.store.prepare(self.registry.state, self.records, dirty)
-        await asyncio.to_thread(self.store.write, prepared)
+        if self.store.needs_sync(prepared):
+            await asyncio.to_thread(self.store.write, prepared)
+        else:
+            self.store.write(prepared)
 
     # ---- attach / detach -----------------------------------------------------------------------------
 
