@@ -5,10 +5,11 @@ before it (both measured after a warm-up run).
 
 The rig (`Rig`): N namespaces `PREFIX<hex>`, each joined to network `load` (domain load.test) as `hI`;
 a dnsmasq on a random host loopback address answering `nI.up.test` from a hosts file (the daemon's only
-upstream, reached from the host namespace); the daemon with its forwarded-answer cache off, so every
-forwarded query really goes upstream. Query mix: 70% local A/AAAA (5% of them unknown names under
-load.test: NXDOMAIN), 30% forwarded A. One dnsperf runs inside each target sandbox (dnsperf in a
-namespace only reaches that namespace's 127.0.0.11).
+upstream, reached from the host namespace); the daemon with its forwarded-answer cache off (`--cache`
+turns it on), so every forwarded query really goes upstream. Query mix: 70% local A/AAAA (5% of them
+unknown names under load.test: NXDOMAIN), 30% forwarded A, one query file per sandbox (same mix, its
+own order). One dnsperf runs inside each target sandbox (dnsperf in a namespace only reaches that
+namespace's 127.0.0.11).
 
 Run as root:  .venv/bin/python -m benchmarks.load_bench [--sandboxes 100] [--seconds 30] [--share 0.5]
 """
@@ -94,13 +95,14 @@ class Rig:
     pid: int
     sock: str
     namespaces: list[str]
-    queries: Path
+    queries: list[Path]  # one file per sandbox (same mix, its own order)
 
     def load(self, targets: list[str], rate_each: float, seconds: float, timeout: float = 5.0) -> Perf:
         """One rate-limited dnsperf per target sandbox, all at once, for `seconds`; counts summed."""
         procs = []
         for netns in targets:
-            cmd = ["ip", "netns", "exec", netns, "dnsperf", "-s", "127.0.0.11", "-d", str(self.queries)]
+            queries = self.queries[self.namespaces.index(netns)]
+            cmd = ["ip", "netns", "exec", netns, "dnsperf", "-s", "127.0.0.11", "-d", str(queries)]
             cmd += ["-l", str(seconds), "-Q", str(max(1, round(rate_each))), "-c", "1", "-q", "200"]
             cmd += ["-t", str(timeout)]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -114,17 +116,16 @@ class Rig:
 
     def capacity(self, seconds: float) -> float:
         """Queries per second one sandbox gets answered with dnsperf unthrottled (8 clients)."""
-        out = run(
-            "ip", "netns", "exec", self.namespaces[0], "dnsperf", "-s", "127.0.0.11", "-d", str(self.queries),
-            "-l", str(seconds), "-c", "8", "-q", "200", "-t", "5",
-        ).stdout  # fmt: skip
+        command = ["ip", "netns", "exec", self.namespaces[0], "dnsperf", "-s", "127.0.0.11"]
+        command += ["-d", str(self.queries[0]), "-l", str(seconds), "-c", "8", "-q", "200", "-t", "5"]
+        out = run(*command).stdout
         return parse_dnsperf(out).qps
 
 
-def _query_file(path: Path, sandboxes: int) -> None:
-    rng = random.Random(11)
+def _query_file(path: Path, sandboxes: int, seed: int) -> Path:
+    rng = random.Random(seed)
     lines = []
-    for _ in range(20000):
+    for _ in range(10000):
         roll = rng.random()
         if roll < LOCAL_SHARE * (1 - UNKNOWN_SHARE):
             lines.append(f"h{rng.randrange(sandboxes)}.load.test {rng.choice(('A', 'AAAA'))}")
@@ -133,6 +134,7 @@ def _query_file(path: Path, sandboxes: int) -> None:
         else:
             lines.append(f"n{rng.randrange(FORWARDED_NAMES)}.up.test A")
     path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _wait_status(sock: str) -> None:
@@ -169,8 +171,7 @@ def rig(sandboxes: int, prefix: str = "load-", cache: bool = False) -> Iterator[
         hosts.write_text(
             "".join(f"10.200.{i // 250}.{i % 250 + 1} n{i}.up.test\n" for i in range(FORWARDED_NAMES))
         )
-        queries = workdir / "queries.txt"
-        _query_file(queries, sandboxes)
+        queries = [_query_file(workdir / f"queries{i}.txt", sandboxes, i) for i in range(sandboxes)]
         (workdir / "host-resolv.conf").write_text(f"nameserver {upstream}\n")
         sock = str(workdir / "s.sock")
         cmd = [RESOLVER, "serve", "--socket", sock, "--state-dir", str(workdir / "state")]
@@ -242,13 +243,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--share", type=float, default=0.5, help="rate as a share of the measured capacity")
     parser.add_argument("--prefix", default="load-", help="name prefix of the namespaces made")
+    parser.add_argument("--cache", action="store_true", help="keep the forwarded-answer cache on")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the benchmark needs root (network namespaces)")
     for tool in ("dnsperf", "dnsmasq"):
         if shutil.which(tool) is None:
             sys.exit(f"missing {tool}: run ./scripts/setup as root")
-    with rig(args.sandboxes, args.prefix) as r:
+    with rig(args.sandboxes, args.prefix, args.cache) as r:
         r.load(r.namespaces[:1], 200, 2)  # first contact: upstream sockets, tables
         capacity = r.capacity(min(args.seconds, 10.0))
         rate = capacity * args.share

@@ -28,6 +28,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -209,23 +210,39 @@ class Daemon:
         return self.views.view(self.registry.state, netns, self.host_servers)
 
     def _refresh_views(self, change: m.Change | None = None) -> None:
-        if change is not None:
-            self.views.invalidate(change.touched_networks)
-        for netns, site in self.sites.items():
-            site.view = self.view(netns)
+        """Make every site whose names or upstreams changed forget its view (all of them without a
+        change); each builds its new view on its next query."""
+        if change is None:
+            for site in self.sites.values():
+                site.forget_view()
+            return
+        self.views.apply(change)
+        networks = set(change.touched_networks)
+        for netns in change.touched_sandboxes:
+            if netns in self.sites:
+                self.sites[netns].forget_view()
+        for site in self.sites.values():
+            if site.holds_view_of(networks):
+                site.forget_view()
 
     def _apply(self, event: m.Event) -> m.Change:
         change = self.registry.apply(event)
         self._refresh_views(change)
         return change
 
-    def _save(self) -> None:
-        self.store.save(self.registry.state, self.records)
+    async def _save(self, dirty: Iterable[str] | None = None) -> None:
+        """Persist the change just made (`dirty`: the sandboxes whose records it may have changed;
+        None: any). The diff is taken here, in order; the disk write runs off the loop."""
+        prepared = self.store.prepare(self.registry.state, self.records, dirty)
+        if self.store.needs_sync(prepared):
+            await asyncio.to_thread(self.store.write, prepared)
+        else:
+            self.store.write(prepared)
 
-    def _commit(self) -> None:
+    async def _commit(self, dirty: Iterable[str] | None = None) -> None:
         """Save the state; raises PersistError when it cannot be written (the caller undoes the change)."""
         try:
-            self._save()
+            await self._save(dirty)
         except OSError as exc:
             log.error("cannot save the state in %s: %s", self.settings.state_dir, exc)
             raise PersistError(
@@ -233,21 +250,22 @@ class Daemon:
                 "the change was not applied"
             ) from None
 
-    def _save_or_log(self) -> None:
+    async def _save_or_log(self) -> None:
         try:
-            self._save()
+            await self._save()
         except OSError as exc:
             log.error("cannot save the state in %s: %s", self.settings.state_dir, exc)
 
     def _undo(self, before: m.State, change: m.Change) -> None:
+        """Go back to the state `before` the change (views of what it touched are rebuilt)."""
         self.registry.state = before
-        self._refresh_views(change)
+        self._refresh_views(replace(change, state=before, joined=None))
 
-    def _apply_and_commit(self, event: m.Event) -> None:
+    async def _apply_and_commit(self, event: m.Event) -> None:
         before = self.registry.state
         change = self._apply(event)
         try:
-            self._commit()
+            await self._commit()
         except PersistError:
             self._undo(before, change)
             raise
@@ -270,7 +288,7 @@ class Daemon:
             raise AttachError(
                 f"cannot listen on {settings.listen_address}:{port} in {netns}: {exc}"
             ) from None
-        site = Site(netns, self.view(netns), listeners, self.dispatcher, settings)
+        site = Site(netns, self.view, listeners, self.dispatcher, settings)
         self.sockets.open(netns)
         await site.start(self.metrics.fast)
         self.sites[netns] = site
@@ -285,7 +303,7 @@ class Daemon:
                 raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
             await _step("probed", persist)
             if not await self._rewrite_resolv_conf(netns, explicit_resolv_conf, persist) and persist:
-                self._commit()
+                await self._commit((netns,))
         except Exception as exc:
             await self._detach(netns, restore=True)
             if isinstance(exc, AttachError | PersistError):
@@ -321,7 +339,8 @@ class Daemon:
             self._apply(m.SetSandboxUpstreams(netns, plan.servers))
         if persist:
             try:
-                self._commit()  # the record that undoes the rewrite is on disk before the file changes
+                # the record that undoes the rewrite is on disk before the file changes
+                await self._commit((netns,))
             except PersistError:
                 record.rewrite, record.resolv_conf = undo
                 raise
@@ -388,7 +407,7 @@ class Daemon:
             except AttachError as exc:
                 log.error("could not re-attach %s: %s; dropping it", netns, exc)
                 await self._forget(netns, restore=True)
-        self._save_or_log()
+        await self._save_or_log()
 
     async def _forget(self, netns: str, restore: bool) -> None:
         self._apply(m.RemoveSandbox(netns))
@@ -424,7 +443,7 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 changed = True
         if changed:
-            self._save_or_log()
+            await self._save_or_log()
 
     async def _check_redirects(self) -> None:
         """Probe every sandbox through its redirect rule, concurrently and outside the change lock;
@@ -457,21 +476,21 @@ class Daemon:
 
     async def create_network(self, event: m.CreateNetwork) -> m.Network:
         async with self.lock:
-            self._apply_and_commit(event)
+            await self._apply_and_commit(event)
             return self.registry.state.networks[event.name]
 
     async def remove_network(self, name: str) -> None:
         async with self.lock:
-            self._apply_and_commit(m.RemoveNetwork(name))
+            await self._apply_and_commit(m.RemoveNetwork(name))
 
     async def create_service(self, event: m.CreateService) -> m.Service:
         async with self.lock:
-            self._apply_and_commit(event)
+            await self._apply_and_commit(event)
             return self.registry.state.services[(event.network, event.name)]
 
     async def remove_service(self, network: str, name: str) -> None:
         async with self.lock:
-            self._apply_and_commit(m.RemoveService(network, name))
+            await self._apply_and_commit(m.RemoveService(network, name))
 
     async def join(self, event: m.JoinEndpoint) -> m.Endpoint:
         async with self.lock:
@@ -490,11 +509,11 @@ class Daemon:
                 if change.added_sandboxes:
                     await self._attach(netns, event.resolv_conf)
                 else:
-                    self._commit()
+                    await self._commit((netns,))
             except (AttachError, PersistError):
                 self._undo(before, change)
                 if change.added_sandboxes:
-                    self._save_or_log()  # the attach may have saved the sandbox before failing
+                    await self._save_or_log()  # the attach may have saved the sandbox before failing
                 raise
             await _step("joined")
             return self.registry.state.endpoints[(event.network, event.endpoint)]
@@ -514,7 +533,7 @@ class Daemon:
             for netns, _record in detached:
                 await self._detach(netns, restore=True)
             try:
-                self._commit()
+                await self._commit(())
             except PersistError:
                 self._undo(before, change)
                 for netns, record in detached:
