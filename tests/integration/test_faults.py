@@ -26,6 +26,7 @@ from resolver.control.client import ControlError, call
 from .nstools import (
     LISTEN,
     NETNS_ETC,
+    VENV_PYTHON,
     Daemon,
     DaemonFactory,
     Namespaces,
@@ -213,6 +214,35 @@ def test_killed_at_random_moments_of_joins(world: tuple[Daemon, Box], netns: Nam
             completed.append(box)
     print(f"join takes {duration * 1000:.0f} ms; (acknowledged, present) per round: {outcomes}")
     leave_restores_originals(d, completed)
+
+
+SQUATTER = r"""
+import socket, time
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("0.0.0.0", 53))
+print("bound", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_sandbox_that_cannot_be_served_after_a_restart_gets_its_resolv_conf_back(
+    world: tuple[Daemon, Box], netns: Namespaces
+) -> None:
+    """While the daemon was down a process took port 53 in the sandbox: the restarted daemon cannot
+    listen there, drops the sandbox and restores its original resolv.conf (it used to leave it
+    pointing at a resolver that no longer answers)."""
+    d, peer = world
+    box = make_box(netns, 1)
+    call("POST", "/v1/endpoints", join_body(box), str(d.socket))
+    assert joined_or_absent(d, box, peer)
+    d.kill9()
+    squatter = netns.spawn(box.netns, [VENV_PYTHON, "-c", SQUATTER])
+    assert squatter.stdout is not None and squatter.stdout.readline().strip() == "bound"
+    d.start()
+    assert box.endpoint not in listed(d)
+    assert box.resolv_conf.read_bytes() == box.original
+    assert dig(peer.netns, f"{box.name}.{DOMAIN}").status == "NXDOMAIN"
+    all_answer(d, [peer], peer)
 
 
 # ---- the state directory cannot be written --------------------------------------------------------------
