@@ -77,6 +77,7 @@ def join(body: Any) -> m.JoinEndpoint:
             "service": "optstr",
             "ports": "list",
             "resolv_conf": "optstr",
+            "rewrite_resolv_conf": "bool",
             "dns": "list",
         },
     )
@@ -93,6 +94,7 @@ def join(body: Any) -> m.JoinEndpoint:
         ports=f.get("ports", ()),
         upstreams=f.get("dns", ()),
         resolv_conf=f.get("resolv_conf"),
+        rewrite_resolv_conf=f.get("rewrite_resolv_conf", True),
     )
 
 
