@@ -128,6 +128,8 @@ def test_env(env: dict[str, str], expected: cni.CniEnv) -> None:
         (conf(runtimeConfig={"portMappings": []}), "ADD", {"aliases": ()}),
         ({**conf(cniVersion="0.4.0"), "prevResult": PREV_0_4}, "ADD", {"version": "0.4.0"}),
         ({"cniVersion": "1.0.0", "name": "rt5net", "type": "resolver-cni"}, "DEL", {"prev_result": None}),
+        (conf(sokcet="/x", socket="/s"), "DEL", {"socket": "/s"}),  # DEL cleans up after a bad config
+        (conf(socket=5, rewriteResolvConf="no"), "DEL", {"socket": cni.DEFAULT_SOCKET}),
         (conf(ipMasq=True, dns={}, args={"cni": {}}, ipam={}), "CHECK", {"network": "rt5net"}),
     ],
 )

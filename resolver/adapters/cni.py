@@ -161,11 +161,20 @@ def config_version(doc: Mapping[str, Any]) -> str:
 
 
 def parse_config(doc: Mapping[str, Any], command: str) -> PluginConfig:
-    """The plugin's configuration (stdin) for ADD, DEL or CHECK."""
+    """The plugin's configuration (stdin) for ADD, DEL or CHECK.
+
+    DEL must be able to clean up after an ADD that failed, so it only needs the version and network name;
+    other keys it cannot use are ignored there rather than refused.
+    """
     version = config_version(doc)
     network = doc.get("name")
     if not isinstance(network, str) or not network:
         raise CniError(INVALID_CONFIG, 'the network configuration has no "name" (the network\'s name)')
+    if command == "DEL":
+        socket = doc.get("socket")
+        return PluginConfig(
+            version, network, socket if isinstance(socket, str) and socket else DEFAULT_SOCKET
+        )
     unknown = sorted(set(doc) - STANDARD_KEYS - set(PLUGIN_KEYS))
     if unknown:
         raise CniError(
