@@ -174,12 +174,9 @@ def pings(netns: str, address: str) -> bool:
     return run(["ip", "netns", "exec", netns, "busybox", "ping", "-c1", "-W2", address]).returncode == 0
 
 
-@pytest.mark.parametrize("version", ["1.0.0", "0.4.0"])
-def test_three_namespaces_resolve_each_other_by_name_and_alias(
-    daemon: DaemonFactory, make_net: Any, version: str
-) -> None:
+def test_three_namespaces_resolve_each_other_by_name_and_alias(daemon: DaemonFactory, make_net: Any) -> None:
     d = daemon()
-    net = make_net(d.socket, version)
+    net = make_net(d.socket)
     pods = {f"web{i}": net.add(f"web{i}", aliases=[f"alias{i}"]) for i in range(3)}
     for pod, (netns, _) in pods.items():
         for other, (_, address) in pods.items():
@@ -197,33 +194,39 @@ def test_three_namespaces_resolve_each_other_by_name_and_alias(
         net.chain.check(net.id_of(netns), f"/var/run/netns/{netns}")
 
 
+def test_spec_0_4_0_and_resolv_conf_left_alone(daemon: DaemonFactory, make_net: Any) -> None:
+    d = daemon()
+    net = make_net(d.socket, "0.4.0", rewriteResolvConf=False)
+    ns_a, address_a = net.add("zeta", aliases=["z"])
+    ns_b, address_b = net.add("eta")
+    assert resolved(ns_a, "eta") == [address_b]
+    assert resolved(ns_b, "z") == [address_a]
+    assert not (NETNS_ETC / ns_a / "resolv.conf").exists()  # served all the same, file untouched
+    net.chain.check(net.id_of(ns_a), f"/var/run/netns/{ns_a}")
+
+
 def test_del_removes_the_name_and_is_idempotent(daemon: DaemonFactory, make_net: Any) -> None:
     d = daemon()
     net = make_net(d.socket)
     ns_a, _ = net.add("alpha", aliases=["first"])
     ns_b, address_b = net.add("beta", aliases=["second"])
     assert resolved(ns_a, "beta") == [address_b]
-    container_b = net.id_of(ns_b)
+    container_a, container_b = net.id_of(ns_a), net.id_of(ns_b)
     net.delete(ns_b)
     assert gone(ns_a, "beta")
     assert gone(ns_a, "second")
     assert container_b not in json.dumps(d.json("ls"))
     net.chain.delete(container_b, f"/var/run/netns/{ns_b}")  # a second DEL succeeds (raises otherwise)
-    # the netns gone first (a crashed runtime), then DEL: still success, and the daemon lets go of it
+    # CHECK fails once the daemon no longer holds the endpoint
+    d.ok("leave", container_a)
+    with pytest.raises(PluginFailed) as info:
+        net.chain.check(container_a, f"/var/run/netns/{ns_a}")
+    assert (info.value.plugin, info.value.code) == ("resolver-cni", 100)
+    assert "is not joined to network" in info.value.msg
+    # the netns gone first (a crashed runtime), then DEL: still success
     run(["ip", "netns", "del", ns_a], check=True)
     net.delete(ns_a)
     assert d.json("ls") == []
-
-
-def test_check_fails_when_the_daemon_lost_the_endpoint(daemon: DaemonFactory, make_net: Any) -> None:
-    d = daemon()
-    net = make_net(d.socket)
-    netns, _ = net.add("gamma")
-    d.ok("leave", net.id_of(netns))
-    with pytest.raises(PluginFailed) as info:
-        net.chain.check(net.id_of(netns), f"/var/run/netns/{netns}")
-    assert info.value.plugin == "resolver-cni"
-    assert "is not joined to network" in info.value.msg
 
 
 def test_no_daemon_fails_add_but_not_del(make_net: Any, tmp_path: Path) -> None:
@@ -245,26 +248,15 @@ def test_no_daemon_fails_add_but_not_del(make_net: Any, tmp_path: Path) -> None:
     ],
 )
 def test_bad_configuration_is_a_cni_error(
-    daemon: DaemonFactory, make_net: Any, ours: dict[str, Any], code: int, message: str
+    make_net: Any, tmp_path: Path, ours: dict[str, Any], code: int, message: str
 ) -> None:
-    d = daemon()
-    net = make_net(d.socket, **ours)
+    net = make_net(tmp_path / "unused.sock", **ours)
     netns = net.new_netns()
     with pytest.raises(PluginFailed) as info:
         net.chain.add(f"{PREFIX}bad", f"/var/run/netns/{netns}", "epsilon")
     assert (info.value.code, info.value.plugin) == (code, "resolver-cni")
     assert message in info.value.msg
-    net.chain.delete(f"{PREFIX}bad", f"/var/run/netns/{netns}", "epsilon")
-    assert d.json("ls") == []
-
-
-def test_resolv_conf_left_alone_when_configured(daemon: DaemonFactory, make_net: Any) -> None:
-    d = daemon()
-    net = make_net(d.socket, rewriteResolvConf=False)
-    ns_a, _ = net.add("zeta")
-    _, address_b = net.add("eta")
-    assert resolved(ns_a, "eta") == [address_b]  # served all the same
-    assert not (NETNS_ETC / ns_a / "resolv.conf").exists()
+    net.chain.delete(f"{PREFIX}bad", f"/var/run/netns/{netns}", "epsilon")  # DEL still cleans up
 
 
 def test_restarted_daemon_still_serves_and_del_works(daemon: DaemonFactory, make_net: Any) -> None:
