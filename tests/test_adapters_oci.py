@@ -273,3 +273,21 @@ def test_resolv_conf_through_a_symlink_is_refused(tmp_path: Path, link: str) -> 
 )
 def test_arguments(argv: list[str], expected: Options) -> None:
     assert hook.parse_args(argv) == expected
+
+
+def test_arguments_with_equals_sign() -> None:
+    assert hook.parse_args(["--socket=/s", "--stage=createRuntime"]) == Options("/s", stage="createRuntime")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sock", "/s"], "unknown argument '--sock'"),
+        (["--socket"], "--socket needs a value"),
+        (["--stage", "prestop"], "--stage must be one of"),
+        (["positional"], "unknown argument 'positional'"),
+    ],
+)
+def test_argument_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(HookError, match=message):
+        hook.parse_args(argv)

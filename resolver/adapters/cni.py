@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
-from resolver.adapters.common import AdapterError, Control, Registration, split_addresses
+from resolver.adapters.common import AdapterError, Control, Record, Registration, split_addresses
 from resolver.control.client import DEFAULT_SOCKET
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
 PROGRAM = "resolver-cni"
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0")
@@ -82,25 +84,47 @@ class CniError(Exception):
         return doc
 
 
-@dataclass(frozen=True)
-class CniEnv:
-    command: str
-    container_id: str
-    netns: str
-    ifname: str
-    args: Mapping[str, str]
+class CniEnv(Record):
+    __slots__ = ("args", "command", "container_id", "ifname", "netns")
+
+    def __init__(
+        self, command: str, container_id: str, netns: str, ifname: str, args: Mapping[str, str]
+    ) -> None:
+        self.command, self.container_id, self.netns, self.ifname, self.args = (
+            command,
+            container_id,
+            netns,
+            ifname,
+            args,
+        )
 
 
-@dataclass(frozen=True)
-class PluginConfig:
-    version: str
-    network: str
-    socket: str = DEFAULT_SOCKET
-    domain: str | None = None
-    rewrite_resolv_conf: bool = True
-    resolv_conf: str | None = None
-    aliases: tuple[str, ...] = ()
-    prev_result: Mapping[str, Any] | None = None
+class PluginConfig(Record):
+    __slots__ = (
+        "aliases",
+        "domain",
+        "network",
+        "prev_result",
+        "resolv_conf",
+        "rewrite_resolv_conf",
+        "socket",
+        "version",
+    )
+
+    def __init__(
+        self,
+        version: str,
+        network: str,
+        socket: str = DEFAULT_SOCKET,
+        domain: str | None = None,
+        rewrite_resolv_conf: bool = True,
+        resolv_conf: str | None = None,
+        aliases: tuple[str, ...] = (),
+        prev_result: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.version, self.network, self.socket, self.domain = version, network, socket, domain
+        self.rewrite_resolv_conf, self.resolv_conf = rewrite_resolv_conf, resolv_conf
+        self.aliases, self.prev_result = aliases, prev_result
 
 
 # ---- parsing (pure) -------------------------------------------------------------------------------------

@@ -8,16 +8,37 @@ joined, or a daemon that is not running, is not an error when taking a container
 
 from __future__ import annotations
 
-import ipaddress
+import _socket
 import re
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
 from resolver.control.client import DEFAULT_SOCKET, ControlError, call
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
 _LIST_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+class Record:
+    """Equality and repr by the fields in `__slots__`: the adapters' value objects.
+
+    Not dataclasses, whose import (it loads `inspect`) costs as much as the rest of a plugin's start.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={v!r}" for n, v in zip(self.__slots__, self._values(), strict=True))
+        return f"{type(self).__name__}({fields})"
 
 
 class AdapterError(Exception):
@@ -34,33 +55,52 @@ def split_list(text: str) -> tuple[str, ...]:
 
 
 def split_addresses(addresses: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """IPv4 and IPv6 addresses (prefix lengths dropped, order kept, duplicates removed)."""
+    """IPv4 and IPv6 addresses in canonical text (prefix lengths dropped, order kept, no repeats)."""
     v4: dict[str, None] = {}
     v6: dict[str, None] = {}
     for text in addresses:
+        address = text.partition("/")[0]
+        family = _socket.AF_INET6 if ":" in address else _socket.AF_INET
         try:
-            address = ipaddress.ip_interface(text).ip
-        except ValueError:
+            canonical = _socket.inet_ntop(family, _socket.inet_pton(family, address))
+        except (OSError, ValueError):
             raise AdapterError(f"{text!r} is not an IP address", "config") from None
-        (v4 if address.version == 4 else v6)[str(address)] = None
+        (v6 if family == _socket.AF_INET6 else v4)[canonical] = None
     return tuple(v4), tuple(v6)
 
 
-@dataclass(frozen=True)
-class Registration:
+class Registration(Record):
     """One container's endpoint on one network, as the daemon's `POST /v1/endpoints` takes it."""
 
-    network: str
-    netns: str
-    endpoint: str
-    name: str
-    aliases: tuple[str, ...] = ()
-    ipv4: tuple[str, ...] = ()
-    ipv6: tuple[str, ...] = ()
-    resolv_conf: str | None = None
-    rewrite_resolv_conf: bool = True
-    domain: str | None = None  # used only when the network has to be created
-    hostname: str | None = None
+    __slots__ = (
+        "aliases",
+        "domain",
+        "endpoint",
+        "ipv4",
+        "ipv6",
+        "name",
+        "netns",
+        "network",
+        "resolv_conf",
+        "rewrite_resolv_conf",
+    )
+
+    def __init__(
+        self,
+        network: str,
+        netns: str,
+        endpoint: str,
+        name: str,
+        aliases: tuple[str, ...] = (),
+        ipv4: tuple[str, ...] = (),
+        ipv6: tuple[str, ...] = (),
+        resolv_conf: str | None = None,
+        rewrite_resolv_conf: bool = True,
+        domain: str | None = None,  # used only when the network has to be created
+    ) -> None:
+        self.network, self.netns, self.endpoint, self.name = network, netns, endpoint, name
+        self.aliases, self.ipv4, self.ipv6 = aliases, ipv4, ipv6
+        self.resolv_conf, self.rewrite_resolv_conf, self.domain = resolv_conf, rewrite_resolv_conf, domain
 
     def body(self) -> dict[str, Any]:
         aliases = [a for a in dict.fromkeys(self.aliases) if a != self.name]
@@ -76,18 +116,15 @@ class Registration:
         }
         if self.resolv_conf:
             body["resolv_conf"] = self.resolv_conf
-        if self.hostname:
-            body["hostname"] = self.hostname
         return body
 
 
-@dataclass
 class Control:
     """The daemon's control socket, as an adapter uses it."""
 
-    socket: str = DEFAULT_SOCKET
-    timeout: float = 20.0
-    created: list[str] = field(default_factory=list)
+    def __init__(self, socket: str = DEFAULT_SOCKET, timeout: float = 20.0) -> None:
+        self.socket = socket
+        self.timeout = timeout
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         return call(method, path, body, socket_path=self.socket, timeout=self.timeout)
@@ -98,7 +135,6 @@ class Control:
             body["domain"] = domain
         try:
             self._call("POST", "/v1/networks", body)
-            self.created.append(name)
         except ControlError as exc:
             if exc.status != 409:
                 raise AdapterError(_daemon_message(exc, f"creating network {name!r}"), _kind(exc)) from None

@@ -4,15 +4,19 @@
 `ControlError` with the daemon's message, or with what went wrong reaching it.
 
 It speaks just enough HTTP/1.1 itself (one request per connection, `Connection: close`) rather than
-import `http.client`, which pulls in `ssl` and `email` and doubles the start-up time of a CNI plugin.
+import `http.client`, which pulls in `ssl` and `email` and doubles the start-up time of a CNI plugin; for
+the same reason it uses `_socket` (the `socket` module builds enums of every constant when imported).
 """
 
 from __future__ import annotations
 
+import _socket
 import json
 import os
-import socket
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_SOCKET = "/run/resolver/resolver.sock"
 MAX_RESPONSE = 16 << 20
@@ -82,7 +86,7 @@ def _unchunk(data: bytes) -> bytes:
 
 
 def _exchange(request: bytes, path: str, timeout: float) -> bytes:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(path)
