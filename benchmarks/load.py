@@ -111,8 +111,11 @@ def throughput(server: Server, queries: Path, seconds: float, tcp_per_conn: int 
 
 
 def warm(server: Server, queries: Path) -> None:
-    """One pass through `queries` (at most 3 s): caches filled, code paths warm."""
-    _dnsperf(command(server, queries, 3, clients=4, outstanding=20, extra=("-n", "1")), 3)
+    """Every distinct question of `queries` asked once (at most 60 s): caches filled, code paths warm."""
+    distinct = queries.with_name(queries.name + ".distinct")
+    if not distinct.exists():
+        distinct.write_text("".join(f"{line}\n" for line in dict.fromkeys(queries.read_text().splitlines())))
+    _dnsperf(command(server, distinct, 60, clients=4, outstanding=20, extra=("-n", "1")), 60)
 
 
 _VERBOSE = re.compile(r"^> [A-Z]+ \S+ \S+ ([\d.]+)$", re.M)

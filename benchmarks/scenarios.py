@@ -197,7 +197,7 @@ def spread(lab: Lab, opts: Options) -> Scenario:
     eps = dataset.endpoints(opts.endpoints)
     queries = dataset.local_queries(lab.workdir / "local.txt", eps)
     n = opts.spread
-    outstanding = max(1, 1600 // n)
+    outstanding = math.ceil(100 / n)  # the same 100 queries in flight as one `dnsperf -q 100`
     one = Row(f"resolver, 1 sandbox, {n} clients")
     many = Row(f"resolver, {n} sandboxes, 1 client each")
     with lab.scope():
