@@ -192,18 +192,20 @@ class Daemon:
         return self.views.view(self.registry.state, netns, self.host_servers)
 
     def _refresh_views(self, change: m.Change | None = None) -> None:
-        """Give every site whose names or upstreams changed a new view (all of them without a change)."""
+        """Make every site whose names or upstreams changed forget its view (all of them without a
+        change); each builds its new view on its next query."""
         if change is None:
-            for netns, site in self.sites.items():
-                site.view = self.view(netns)
+            for site in self.sites.values():
+                site.forget_view()
             return
         self.views.apply(change)
-        networks, own = set(change.touched_networks), set(change.touched_sandboxes)
-        for netns, site in self.sites.items():
-            if netns in own:
-                site.view = self.view(netns)
-            elif not networks.isdisjoint(site.view.table.networks):
-                site.view = self.views.rebound(change.state, site.view)
+        networks = set(change.touched_networks)
+        for netns in change.touched_sandboxes:
+            if netns in self.sites:
+                self.sites[netns].forget_view()
+        for site in self.sites.values():
+            if site.holds_view_of(networks):
+                site.forget_view()
 
     def _apply(self, event: m.Event) -> m.Change:
         change = self.registry.apply(event)
@@ -214,7 +216,10 @@ class Daemon:
         """Persist the change just made (`dirty`: the sandboxes whose records it may have changed;
         None: any). The diff is taken here, in order; the disk write runs off the loop."""
         prepared = self.store.prepare(self.registry.state, self.records, dirty)
-        await asyncio.to_thread(self.store.write, prepared)
+        if self.store.needs_sync(prepared):
+            await asyncio.to_thread(self.store.write, prepared)
+        else:
+            self.store.write(prepared)
 
     # ---- attach / detach -----------------------------------------------------------------------------
 
@@ -232,7 +237,7 @@ class Daemon:
             raise AttachError(
                 f"cannot listen on {settings.listen_address}:{port} in {netns}: {exc}"
             ) from None
-        site = Site(netns, self.view(netns), listeners, self.dispatcher, settings)
+        site = Site(netns, self.view, listeners, self.dispatcher, settings)
         await site.start(self.metrics.fast)
         self.sites[netns] = site
         self.records.setdefault(netns, SandboxRecord()).identity = ns.netns_identity(netns)

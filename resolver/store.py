@@ -5,11 +5,16 @@ Rules:
   rename, fsync of the directory); a journal (`journal.jsonl`) holds one line per change since the
   snapshot: the records the change put and the keys it deleted. A change is durable once its line is
   on disk (fdatasync), so a save costs the size of the change, not of the state;
+- lines that only join or leave endpoints are written without fsync: they describe namespaces, which
+  do not outlive the machine, and the kernel keeps what was written when the daemon dies (SIGKILL
+  included). Lines that change networks or services, which do outlive a reboot, and snapshots are
+  fsynced before the change is acknowledged;
 - when the journal outgrows the snapshot, the state is written as a new snapshot and the journal
   starts again; each line carries a sequence number and the snapshot the last one it includes, so a
   crash between the two steps replays nothing twice;
 - after a crash - SIGKILL included - loading gives the state of the last complete line; a torn last
-  line was never acknowledged and is dropped;
+  line was never acknowledged and is dropped; an unreadable line elsewhere is reported and skipped
+  (each line is a set of upserts and deletes, so the others still apply);
 - loading replays the records as registry events, so saved data is validated exactly like live
   requests; a record that no longer validates is reported and skipped, never fatal.
 """
@@ -17,6 +22,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -122,6 +128,7 @@ def decode(doc: dict[str, Any]) -> Saved:
 
 Doc = dict[str, Any]
 KINDS = ("networks", "services", "endpoints", "sandboxes")
+DURABLE_KINDS = ("networks", "services")
 
 
 def _keyed(doc: Doc) -> dict[str, dict[str, Any]]:
@@ -263,14 +270,11 @@ class Store:
                 line = json.loads(text)
                 seq = int(line["seq"])
             except (ValueError, KeyError, TypeError):
-                last = number == len(raw) or not any(r.strip() for r in raw[number:])
-                if last:
-                    log.warning(
-                        "dropping a torn last line of %s (a change that was never acknowledged)",
-                        self.journal_path,
-                    )
-                    continue
-                raise ValueError(f"line {number} of {self.journal_path} is unreadable") from None
+                if number == len(raw) or not any(r.strip() for r in raw[number:]):
+                    log.warning("dropping the torn last line of %s (never acknowledged)", self.journal_path)
+                else:
+                    log.error("skipping unreadable line %d of %s", number, self.journal_path)
+                continue
             if seq > after:
                 lines.append(line)
                 self._seq = max(self._seq, seq)
@@ -311,7 +315,13 @@ class Store:
         line: Doc = {"seq": self._seq, "put": {k: v for k, v in put.items() if v}}
         if any(deleted.values()):
             line["del"] = {k: v for k, v in deleted.items() if v}
-        return b"J" + json.dumps(line, separators=(",", ":")).encode() + b"\n"
+        durable = any(put[k] or deleted[k] for k in DURABLE_KINDS)
+        return (b"J" if durable else b"j") + json.dumps(line, separators=(",", ":")).encode() + b"\n"
+
+    @staticmethod
+    def needs_sync(prepared: bytes | None) -> bool:
+        """Whether writing `prepared` waits for the disk (then run it off the event loop)."""
+        return prepared is not None and prepared[:1] != b"j"
 
     def write(self, prepared: bytes | None) -> None:
         """Put a prepared change on disk (may block on fsync: run it off the event loop)."""
@@ -323,7 +333,7 @@ class Store:
                 if prepared[:1] == b"S":
                     self._write_snapshot(prepared[1:])
                 else:
-                    self._append(prepared[1:])
+                    self._append(prepared[1:], sync=prepared[:1] == b"J")
             except OSError:
                 self._saved = None  # the next save writes a whole snapshot, whatever this one left
                 raise
@@ -342,15 +352,17 @@ class Store:
             os.truncate(self.journal_path, 0)
         self._snapshot_bytes, self._journal_bytes = len(data), 0
 
-    def _append(self, line: bytes) -> None:
+    def _append(self, line: bytes, sync: bool) -> None:
         created = not self.journal_path.exists()
         fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, line)
-            os.fdatasync(fd)
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "short write to the journal", str(self.journal_path))
+            if sync:
+                os.fdatasync(fd)
         finally:
             os.close(fd)
-        if created:
+        if created and sync:
             self._fsync_directory()
         self._journal_bytes += len(line)
 

@@ -449,6 +449,18 @@ def _event_sequences(draw: st.DrawFn) -> list[Event]:
     return events
 
 
+def _addresses_in_use(state: State) -> dict[str, dict[str, str]]:
+    """The address index recomputed from scratch: endpoints' addresses and services' VIPs per network."""
+    used: dict[str, dict[str, str]] = {}
+    for ep in state.endpoints.values():
+        for address in (*ep.ipv4, *ep.ipv6):
+            used.setdefault(ep.network, {})[str(address)] = f"endpoint {ep.id!r}"
+    for svc in state.services.values():
+        for vip in svc.vips:
+            used.setdefault(svc.network, {})[str(vip)] = f"service {svc.name!r} (VIP)"
+    return used
+
+
 @settings(max_examples=300, deadline=None)
 @given(_event_sequences())
 def test_incremental_views_equal_a_fresh_build(events: list[Event]) -> None:
@@ -460,6 +472,9 @@ def test_incremental_views_equal_a_fresh_build(events: list[Event]) -> None:
         except RegistryError:
             continue
         cache.apply(change)
+        assert _addresses_in_use(registry.state) == {
+            k: dict(v) for k, v in registry.state.addresses.items() if v
+        }
         for netns in _SANDBOXES:
             view = cache.view(registry.state, netns)
             fresh = build_view(registry.state, netns)

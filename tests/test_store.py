@@ -64,12 +64,18 @@ def test_a_join_writes_only_what_it_changed(tmp_path: Path) -> None:
     registry, records = _run(store, _changes())
     registry.apply(m.JoinEndpoint("alpha", "/run/netns/new", "fresh-one", "fresh", ipv4=("10.0.0.99",)))
     line = store.prepare(registry.state, records, dirty=())
-    assert line is not None and line.startswith(b"J")
+    assert line is not None and line.startswith(b"j"), (
+        "a join is not fsynced: namespaces die with the machine"
+    )
+    assert not Store.needs_sync(line)
     written = json.loads(line[1:])
     assert list(written["put"]) == ["endpoints", "sandboxes"]
     assert list(written["put"]["endpoints"]) == ["alpha/fresh-one"]
     assert list(written["put"]["sandboxes"]) == ["/run/netns/new"]
     assert store.prepare(registry.state, records, dirty=()) is None, "nothing changed since"
+    registry.apply(m.CreateNetwork("gamma"))
+    durable = store.prepare(registry.state, records, dirty=())
+    assert durable is not None and durable.startswith(b"J") and Store.needs_sync(durable)
 
 
 def test_compaction_folds_the_journal_into_the_snapshot(tmp_path: Path) -> None:
@@ -87,14 +93,16 @@ def test_a_torn_last_line_is_dropped(tmp_path: Path) -> None:
     assert _reloaded(tmp_path) == _doc(registry, records)
 
 
-def test_an_unreadable_middle_line_sets_the_state_aside(tmp_path: Path) -> None:
-    _run(Store(str(tmp_path)), _changes())
+def test_an_unreadable_middle_line_is_skipped_and_the_rest_applies(tmp_path: Path) -> None:
+    registry, records = _run(Store(str(tmp_path)), _changes())
     journal = tmp_path / Store.JOURNAL_FILE
     lines = journal.read_bytes().splitlines(keepends=True)
-    journal.write_bytes(b"".join([lines[0], b"{garbage\n", *lines[1:]]))
-    saved = Store(str(tmp_path)).load()
-    assert not saved.registry.state.endpoints
-    assert (tmp_path / (Store.JOURNAL_FILE + ".broken")).exists()
+    journal.write_bytes(b"".join([*lines, b"{garbage\n"]))
+    with open(journal, "ab") as more:
+        more.write(b'{"seq": 900, "del": {"endpoints": ["alpha/ep05"]}}\n')
+    registry.apply(m.LeaveEndpoint("ep05", "alpha"))
+    records.pop(NETNS[5])
+    assert _reloaded(tmp_path) == _doc(registry, records)
 
 
 def test_lines_the_snapshot_already_holds_are_not_replayed(tmp_path: Path) -> None:

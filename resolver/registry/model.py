@@ -158,6 +158,8 @@ class State:
     endpoints: Mapping[EndpointKey, Endpoint] = field(default_factory=_frozen)
     services: Mapping[tuple[str, str], Service] = field(default_factory=_frozen)
     sandboxes: Mapping[str, Sandbox] = field(default_factory=_frozen)
+    addresses: Mapping[str, Mapping[str, str]] = field(default_factory=_frozen)
+    """Per network, every address in use (endpoint addresses and service VIPs) and its owner."""
 
 
 # ---- events -------------------------------------------------------------------------------------------

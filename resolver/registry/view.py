@@ -307,11 +307,6 @@ class Views:
         inside = any(u.from_sandbox for u in upstreams)
         return View(netns, self.table(state, networks), upstreams, (upstreams, netns if inside else None))
 
-    def rebound(self, state: State, view: View) -> View:
-        """`view` over the current table of its networks, for a sandbox whose own record is unchanged."""
-        table = self.table(state, view.table.networks)
-        return view if table is view.table else View(view.sandbox, table, view.upstreams, view.scope)
-
 
 def build_view(state: State, netns: str, host_servers: tuple[str, ...] = ()) -> View:
     """A fresh view, without caching (tests and one-off queries)."""
