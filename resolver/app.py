@@ -244,7 +244,8 @@ class Daemon:
         assert self.worker is not None
         return await self.worker.arun_in(netns, fn, *args)
 
-    async def _attach(self, netns: str, explicit_resolv_conf: str | None) -> None:
+    async def _attach(self, netns: str, explicit_resolv_conf: str | None, rewrite: bool = True) -> None:
+        """Serve DNS inside `netns`; `rewrite` false leaves its resolv.conf alone (the runtime owns it)."""
         assert self.worker is not None
         settings = self.settings
         port = 53 if settings.listen_mode == "direct" else 0
@@ -268,7 +269,8 @@ class Daemon:
             listeners.close()
             raise
         self.sites[netns] = site
-        self.records.setdefault(netns, SandboxRecord()).identity = ns.netns_identity(netns)
+        record = self.records.setdefault(netns, SandboxRecord())
+        record.identity, record.keep_resolv_conf = ns.netns_identity(netns), not rewrite
         try:
             with contextlib.closing(client):
                 if settings.listen_mode == "redirect":
@@ -277,7 +279,8 @@ class Daemon:
                     )
                 if not await self._probe(netns, settings.join_timeout, client):
                     raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
-            self._rewrite_resolv_conf(netns, explicit_resolv_conf)
+            if rewrite:
+                self._rewrite_resolv_conf(netns, explicit_resolv_conf)
         except Exception as exc:
             await self._detach(netns, restore=True)
             if isinstance(exc, AttachError):
@@ -365,7 +368,8 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 continue
             try:
-                await self._attach(netns, self.records.get(netns, SandboxRecord()).resolv_conf)
+                record = self.records.get(netns, SandboxRecord())
+                await self._attach(netns, record.resolv_conf, rewrite=not record.keep_resolv_conf)
                 log.info("re-attached sandbox %s", netns)
             except AttachError as exc:
                 log.error("could not re-attach %s: %s; dropping it", netns, exc)
@@ -472,7 +476,7 @@ class Daemon:
             change = self._apply(event)
             if change.added_sandboxes:
                 try:
-                    await self._attach(netns, event.resolv_conf)
+                    await self._attach(netns, event.resolv_conf, rewrite=event.rewrite_resolv_conf)
                 except AttachError:
                     self._apply(m.LeaveEndpoint(event.endpoint, event.network))
                     raise
