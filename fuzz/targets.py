@@ -137,12 +137,26 @@ class RecordingDatagrams:
         return False
 
 
+class _Buffer:
+    """The transport under RecordingWriter: it sends everything at once (nothing waits in a buffer)."""
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return 16384, 65536
+
+    def abort(self) -> None:
+        raise AssertionError("a connection whose replies were all taken was aborted")
+
+
 class RecordingWriter:
     """The writer side of a TCP connection: keeps the bytes written and whether it was closed."""
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.closed = False
+        self.transport = _Buffer()
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"

@@ -10,6 +10,10 @@ after a truncated frame and a reset).
 The per-sandbox cap (`tcp.max_connections`, 64 by default) is enforced by accepting and closing at once:
 the client sees EOF right away (and retries or falls back) instead of waiting in the listen backlog, and
 the daemon holds at most the cap of connections per sandbox.
+
+A client that pipelines queries and never reads the replies is not read from once its unsent replies
+pass the transport's high-water mark, and is reset when it has not taken them within the idle timeout
+(before, the daemon read on and buffered replies without bound: about 1.5 MiB more per second).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import dns.message
 import dns.rcode
 import pytest
 from forwarding.conftest import Daemon
-from forwarding.helpers import RESOLVER, Client, in_netns
+from forwarding.helpers import RESOLVER, Client, in_netns, rss_kib
 
 IDLE = 1.0
 GRACE = 5.0
@@ -257,3 +261,28 @@ def test_connections_over_the_cap_are_closed_at_once(world: Callable) -> None:
             assert closed_within([late], 2.0) == [True], "a connection over the cap was not closed at once"
     assert wait_for(lambda: open_fds(w.daemon.pid) <= baseline, GRACE)
     assert w.answered(inside=True, tcp=True), "TCP not answered once the connections closed"
+
+
+def test_a_client_that_never_reads_its_replies_is_cut_off(world: Callable) -> None:
+    idle, flood = 2.0, 8.0
+    w = world(tcp_idle_timeout=idle)
+    baseline, rss_before = open_fds(w.daemon.pid), rss_kib(w.daemon.pid)
+    burst = _query_frame(w.inside_asks) * 1000
+    with closing_all(connect_many(w.abused, 1)) as (sock,):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + flood
+        with contextlib.suppress(ConnectionError):
+            while time.monotonic() < deadline:
+                try:
+                    sent += sock.send(burst)
+                except BlockingIOError:
+                    time.sleep(0.01)
+        growth = (rss_kib(w.daemon.pid) - rss_before) / 1024
+        # the client still holds its end: the daemon must have let go of its own
+        assert wait_for(lambda: open_fds(w.daemon.pid) <= baseline, idle + GRACE), (
+            f"the daemon still holds the connection after {sent} bytes of queries whose replies nobody read"
+        )
+        assert not w.answered_everywhere(), "others not answered next to the stalled connection"
+    assert growth < 16, f"the daemon grew {growth:.1f} MiB for a client that reads nothing"
