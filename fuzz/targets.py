@@ -344,6 +344,17 @@ def check_tcp_stream(stream: bytes, seed: int) -> None:
 # ---- resolv.conf ----------------------------------------------------------------------------------------
 
 
+def glibc_nameservers(text: str) -> list[str]:
+    """The nameserver lines as glibc's res_init reads them (an independent reading: the keyword at the
+    start of a line, then a space or a tab, then the address up to the next blank)."""
+    out = []
+    for line in text.split("\n"):
+        if line.startswith("nameserver") and line[10:11] in (" ", "\t"):
+            words = line[11:].split()
+            out.append(words[0] if words else "")
+    return out
+
+
 def check_resolvconf(text: str) -> None:
     """Our file made from any text lists only us, keeps search, options and other lines, records the
     upstreams in a footer that reads back, and reading it back gives the original upstreams."""
@@ -354,6 +365,7 @@ def check_resolvconf(text: str) -> None:
     assert rc.RESOLVER_ADDRESS not in servers
     again = rc.parse(rendered)
     assert again.nameservers == (rc.RESOLVER_ADDRESS,), again.nameservers
+    assert glibc_nameservers(rendered) == [rc.RESOLVER_ADDRESS], "glibc would read another nameserver"
     assert again.search == original.search
     assert again.other_lines == original.other_lines
     assert rc.ndots_valid(again.options)
