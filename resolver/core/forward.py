@@ -112,8 +112,8 @@ def _walk_records(reply: bytes, offset: int, before_additional: int, arcount: in
         if offset > len(reply):
             raise w.WireError("record data runs past the end")
         if rtype == w.OPT:
-            if index != total - 1 or reply[record] != 0:
-                raise w.WireError("OPT not last, or not owned by the root")
+            if index < before_additional or index != total - 1 or reply[record] != 0:
+                raise w.WireError("OPT outside the additional section, not last, or not owned by the root")
             opt_start = record
     return offset, opt_start
 
