@@ -90,6 +90,7 @@ def join(body: Any) -> m.JoinEndpoint:
             "service": "optstr",
             "ports": "list",
             "resolv_conf": "optstr",
+            "rewrite_resolv_conf": "bool",
             "dns": "list",
         },
     )
@@ -106,6 +107,7 @@ def join(body: Any) -> m.JoinEndpoint:
         ports=f.get("ports", ()),
         upstreams=f.get("dns", ()),
         resolv_conf=f.get("resolv_conf"),
+        rewrite_resolv_conf=f.get("rewrite_resolv_conf", True),
     )
 
 
