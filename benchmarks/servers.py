@@ -11,6 +11,7 @@ the dnsmasq upstream the benchmark starts in the same namespace.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -66,8 +67,9 @@ class Daemon:
 
     def __init__(self, lab: Lab, tag: str, settings: str = "") -> None:
         self.lab = lab
+        tag = f"{tag}-{secrets.token_hex(2)}"  # a fresh state directory every time
         self.dir = lab.workdir / f"daemon-{tag}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True)
         self.socket = str(self.dir / "s.sock")
         (self.dir / "host-resolv.conf").write_text("# benchmark: no host upstreams\n")
         config = self.dir / "resolver.toml"
