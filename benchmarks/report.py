@@ -282,7 +282,9 @@ def chart(path: Path, doc: dict[str, Any]) -> None:
         for row, key, unit in ((0, "qps", "queries/s"), (1, "cpu_us", "server CPU us/query")):
             ax = axes[row][col]
             values = [r[key] or 0 for r in scenario["rows"]]
-            ax.bar(range(len(values)), values, color=colors)
+            bars = ax.bar(range(len(values)), values, color=colors)
+            ratios = [r["qps_ratio" if key == "qps" else "cpu_ratio"] for r in scenario["rows"]]
+            ax.bar_label(bars, [_fmt(x, ".2f", "x") for x in ratios], fontsize=7)
             ax.set_xticks(range(len(values)), labels, fontsize=7, rotation=30, ha="right")
             ax.set_ylabel(unit, fontsize=8)
             ax.tick_params(axis="y", labelsize=7)
