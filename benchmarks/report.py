@@ -72,6 +72,8 @@ def scale_json(runs: list[ScaleRun]) -> dict[str, Any]:
     return {
         **{k: median([s[k] for s in summaries]) for k in keys},
         "unanswered": max(s["unanswered"] for s in summaries),
+        "failed_joins": max(s["failed_joins"] for s in summaries),
+        "failures": [msg for r in runs for msg in r.failed_joins][:10],
         "runs": summaries,
     }
 
@@ -112,6 +114,10 @@ def _spread_vs(res: dict[str, Any]) -> float:
     return float(many["qps"] / one["qps"])
 
 
+def _scale_failures(res: dict[str, Any]) -> float:
+    return float(res["scale"]["unanswered"] + res["scale"]["failed_joins"])
+
+
 TARGETS = [
     Target("local: QPS >= 1.0x dnsmasq", "local", _vs("local", DNSMASQ_HOSTS, "qps"), 1.0, True),
     Target("local: CPU/query <= 1.2x dnsmasq", "local", _vs("local", DNSMASQ_HOSTS, "cpu_us"), 1.2, False),
@@ -140,6 +146,7 @@ TARGETS = [
         "scale: join-to-answer p99 <= 20 ms", "scale", lambda r: r["scale"]["first_answer_p99_ms"], 20, False
     ),
     Target("scale: all joins <= 5 s", "scale", lambda r: r["scale"]["total_s"], 5, False),
+    Target("scale: no join failed or went unanswered", "scale", _scale_failures, 0, False),
     Target(
         "scale: RSS <= 20 KiB per sandbox", "scale", lambda r: r["scale"]["rss_kib_per_sandbox"], 20, False
     ),
@@ -200,8 +207,10 @@ def scale_lines(scale: dict[str, Any]) -> list[str]:
     return [
         f"scale: {scale['sandboxes']:.0f} sandboxes joined one after another: join-to-first-answer median "
         f"{scale['first_answer_median_ms']:.2f} ms, p99 {scale['first_answer_p99_ms']:.2f} ms; all joins "
-        f"{scale['total_s']:.2f} s; daemon RSS +{scale['rss_kib_per_sandbox']:.1f} KiB and "
-        f"+{scale['fds_per_sandbox']:.2f} fds per sandbox; unanswered {scale['unanswered']:.0f}"
+        f"{scale['total_s']:.2f} s ({scale['cpu_ms_per_join']:.2f} ms daemon CPU per join); daemon RSS "
+        f"+{scale['rss_kib_per_sandbox']:.1f} KiB and "
+        f"+{scale['fds_per_sandbox']:.2f} fds per sandbox; unanswered {scale['unanswered']:.0f}, "
+        f"failed joins {scale['failed_joins']:.0f}"
     ]
 
 
