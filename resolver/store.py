@@ -48,18 +48,25 @@ class SandboxRecord:
     identity: tuple[int, int] | None = None
     rewrite: dict[str, Any] | None = None
     resolv_conf: str | None = None
+    keep_resolv_conf: bool = False  # joined with rewrite_resolv_conf=false: never rewritten
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "identity": list(self.identity) if self.identity else None,
             "rewrite": self.rewrite,
             "resolv_conf": self.resolv_conf,
+            "keep_resolv_conf": self.keep_resolv_conf,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SandboxRecord:
         identity = data.get("identity")
-        return cls(tuple(identity) if identity else None, data.get("rewrite"), data.get("resolv_conf"))
+        return cls(
+            tuple(identity) if identity else None,
+            data.get("rewrite"),
+            data.get("resolv_conf"),
+            bool(data.get("keep_resolv_conf", False)),
+        )
 
 
 @dataclass

@@ -193,6 +193,7 @@ class JoinEndpoint:
     ports: tuple[str, ...] = ()
     upstreams: tuple[str, ...] = ()
     resolv_conf: str | None = None
+    rewrite_resolv_conf: bool = True  # false: serve the sandbox but leave its resolv.conf alone
 
 
 @dataclass(frozen=True, slots=True)

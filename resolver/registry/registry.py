@@ -88,7 +88,7 @@ def parse_port(text: str) -> NamedPort:
     names.check_label(name, "port name")
     if proto.lower() not in ("tcp", "udp"):
         raise InvalidValue(f"port {text!r}: protocol must be tcp or udp")
-    if not number.isdigit() or not 0 < int(number) < 65536:
+    if not (number.isascii() and number.isdigit() and len(number) <= 5) or not 0 < int(number) < 65536:
         raise InvalidValue(f"port {text!r}: number must be 1-65535")
     return NamedPort(name, proto.lower(), int(number))  # type: ignore[arg-type]
 
