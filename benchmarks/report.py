@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.adapters import OPERATIONS, AdapterRun
 from benchmarks.scale import ScaleRun
 from benchmarks.scenarios import (
     AARDVARK,
@@ -25,6 +26,7 @@ from benchmarks.scenarios import (
 )
 
 FIGURES = ("qps", "avg_ms", "p50_ms", "p99_ms", "cpu_us", "lost", "sent", "completed")
+SUMMARIES = ("scale", "adapters")  # results that are not a table of servers
 MARK_START = "<!-- bench:start -->"
 MARK_END = "<!-- bench:end -->"
 
@@ -76,6 +78,11 @@ def scale_json(runs: list[ScaleRun]) -> dict[str, Any]:
         "failures": [msg for r in runs for msg in r.failed_joins][:10],
         "runs": summaries,
     }
+
+
+def adapters_json(runs: list[AdapterRun]) -> dict[str, Any]:
+    summaries = [r.summary() for r in runs]
+    return {**{k: median([s[k] for s in summaries]) for k in summaries[0]}, "runs": summaries}
 
 
 @dataclass
@@ -150,6 +157,14 @@ TARGETS = [
     Target(
         "scale: RSS <= 20 KiB per sandbox", "scale", lambda r: r["scale"]["rss_kib_per_sandbox"], 20, False
     ),
+    Target("adapters: CNI ADD <= 50 ms", "adapters", lambda r: r["adapters"]["cni_add_median_ms"], 50, False),
+    Target(
+        "adapters: OCI hook createRuntime <= 50 ms",
+        "adapters",
+        lambda r: r["adapters"]["oci_create_median_ms"],
+        50,
+        False,
+    ),
 ]
 
 
@@ -183,7 +198,7 @@ HEADER = [
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, scenario in results.items():
-        if name == "scale":
+        if name in SUMMARIES:
             continue
         for r in scenario["rows"]:
             rows.append(
@@ -214,6 +229,21 @@ def scale_lines(scale: dict[str, Any]) -> list[str]:
     ]
 
 
+def adapter_lines(adapters: dict[str, Any]) -> list[str]:
+    names = {
+        "python_start": "python -c pass",
+        "cni_add": "resolver-cni ADD",
+        "cni_del": "resolver-cni DEL",
+        "oci_create": "resolver-oci-hook createRuntime",
+        "oci_poststop": "resolver-oci-hook poststop",
+    }
+    parts = [
+        f"{names[op]} {adapters[f'{op}_median_ms']:.1f} ms (p99 {adapters[f'{op}_p99_ms']:.1f})"
+        for op in OPERATIONS
+    ]
+    return [f"adapters, {adapters['containers']:.0f} containers, median wall time: " + "; ".join(parts)]
+
+
 def target_lines(checked: list[dict[str, Any]]) -> list[str]:
     return [
         f"{'met   ' if t['met'] else 'MISSED'} {t['target']} (measured {_fmt(t['value'], '.2f')})"
@@ -228,8 +258,12 @@ def text(doc: dict[str, Any]) -> str:
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         for r in [HEADER, *rows]
     ]
+    if not rows:
+        lines = []
     if "scale" in doc["results"]:
         lines += ["", *scale_lines(doc["results"]["scale"])]
+    if "adapters" in doc["results"]:
+        lines += ["", *adapter_lines(doc["results"]["adapters"])]
     lines += ["", *target_lines(doc["targets"])]
     return "\n".join(lines)
 
@@ -248,10 +282,12 @@ def markdown(doc: dict[str, Any], chart: str | None) -> str:
         "",
     ]
     for name, scenario in doc["results"].items():
-        if name != "scale":
+        if name not in SUMMARIES:
             out.append(f"- **{name}**: {scenario['title']}")
     if "scale" in doc["results"]:
         out += ["", *scale_lines(doc["results"]["scale"])]
+    if "adapters" in doc["results"]:
+        out += ["", *adapter_lines(doc["results"]["adapters"])]
     out += ["", "Targets:", "", *(f"- {line}" for line in target_lines(doc["targets"]))]
     if chart:
         out += ["", f"![benchmark chart]({chart})"]
@@ -281,7 +317,7 @@ def chart(path: Path, doc: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = [(n, s) for n, s in doc["results"].items() if n != "scale"]
+    scenarios = [(n, s) for n, s in doc["results"].items() if n not in SUMMARIES]
     fig, axes = plt.subplots(
         2, max(len(scenarios), 1), figsize=(4 * max(len(scenarios), 1), 7), squeeze=False
     )

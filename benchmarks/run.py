@@ -6,7 +6,8 @@ table in benchmarks/README.md.
   sudo .venv/bin/python -m benchmarks --quick             # 1 run of 2 s, smaller scale: a check, not a figure
   sudo .venv/bin/python -m benchmarks -s local,scale --runs 5 --seconds 12
 
-Scenarios: local, fwd-hit, fwd-miss, spread, scale, tcp (see benchmarks/scenarios.py and scale.py).
+Scenarios: local, fwd-hit, fwd-miss, spread, scale, tcp, adapters (benchmarks/scenarios.py, scale.py,
+adapters.py).
 Servers run pinned to CPU 0, dnsperf (and the scale harness) to CPU 1, everything inside namespaces named
 rt6-* that the run makes and removes. Missing tools are installed by ./scripts/setup (Debian packages).
 """
@@ -24,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report, scenarios
+from benchmarks.adapters import adapters
 from benchmarks.lab import Lab
 from benchmarks.scale import scale
 from benchmarks.servers import ROOT, missing_tools
 
-ALL = ("local", "fwd-hit", "fwd-miss", "spread", "scale", "tcp")
+ALL = ("local", "fwd-hit", "fwd-miss", "spread", "scale", "tcp", "adapters")
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -48,6 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spread", type=int, help="sandboxes in the spread scenario (default 100; quick 10)")
     parser.add_argument(
         "--sandboxes", type=int, help="sandboxes in the scale scenario (default 1000; quick 100)"
+    )
+    parser.add_argument(
+        "--containers", type=int, help="containers in the adapters scenario (default 30; quick 5)"
     )
     parser.add_argument("--tcp-per-conn", type=int, default=20, help="queries per TCP connection")
     parser.add_argument(
@@ -79,6 +84,7 @@ def options(args: argparse.Namespace) -> scenarios.Options:
         endpoints=args.endpoints,
         spread=pick(args.spread, 100, 10),
         sandboxes=pick(args.sandboxes, 1000, 100),
+        containers=pick(args.containers, 30, 5),
         tcp_per_conn=args.tcp_per_conn,
     )
 
@@ -107,6 +113,8 @@ def measure(args: argparse.Namespace, opts: scenarios.Options) -> dict[str, Any]
             print(f"== {name}", file=sys.stderr, flush=True)
             if name == "scale":
                 results[name] = report.scale_json(scale(lab, opts.sandboxes, opts.runs))
+            elif name == "adapters":
+                results[name] = report.adapters_json(adapters(lab, opts.containers, opts.runs))
             else:
                 results[name] = report.scenario_json(scenarios.THROUGHPUT[name](lab, opts))
     return results

@@ -50,6 +50,7 @@ class Options:
     endpoints: int = 1000
     spread: int = 100
     sandboxes: int = 1000
+    containers: int = 30
     tcp_per_conn: int = 20
 
 
