@@ -11,6 +11,7 @@ the same way for reference. The daemon runs on the server core.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -146,7 +147,7 @@ def one_run(lab: Lab, count: int, run_index: int) -> AdapterRun:
         hook = [script("resolver-oci-hook")]
         for i, (ns, sleeper) in enumerate(zip(oci_names, sleepers, strict=True)):
             container = f"{run_index:02d}{i:06d}".ljust(64, "d")
-            wait_for(lambda p=sleeper.pid, n=ns: _in_netns(p, n), 5, f"a process in {ns}")
+            wait_for(functools.partial(_in_netns, sleeper.pid, ns), 5, f"a process in {ns}")
             state = oci_state(container, "creating", sleeper.pid, bundle(lab, container, ns))
             result.ms["oci_create"].append(timed(hook, state, hook_env))
         for i in range(count):
