@@ -251,6 +251,10 @@ def target_lines(checked: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def failure_lines(doc: dict[str, Any]) -> list[str]:
+    return [f"FAILED scenario {name}: {message.splitlines()[0]}" for name, message in doc["failed"].items()]
+
+
 def text(doc: dict[str, Any]) -> str:
     rows = table_rows(doc["results"])
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
@@ -264,7 +268,7 @@ def text(doc: dict[str, Any]) -> str:
         lines += ["", *scale_lines(doc["results"]["scale"])]
     if "adapters" in doc["results"]:
         lines += ["", *adapter_lines(doc["results"]["adapters"])]
-    lines += ["", *target_lines(doc["targets"])]
+    lines += ["", *target_lines(doc["targets"]), *failure_lines(doc)]
     return "\n".join(lines)
 
 
@@ -289,6 +293,7 @@ def markdown(doc: dict[str, Any], chart: str | None) -> str:
     if "adapters" in doc["results"]:
         out += ["", *adapter_lines(doc["results"]["adapters"])]
     out += ["", "Targets:", "", *(f"- {line}" for line in target_lines(doc["targets"]))]
+    out += [f"- {line}" for line in failure_lines(doc)]
     if chart:
         out += ["", f"![benchmark chart]({chart})"]
     out.append(MARK_END)

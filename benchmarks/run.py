@@ -26,9 +26,10 @@ from typing import Any
 
 from benchmarks import report, scenarios
 from benchmarks.adapters import adapters
-from benchmarks.lab import Lab
+from benchmarks.lab import Lab, LabError
 from benchmarks.scale import scale
 from benchmarks.servers import ROOT, missing_tools
+from resolver.control.client import ControlError
 
 ALL = ("local", "fwd-hit", "fwd-miss", "spread", "scale", "tcp", "adapters")
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,6 +69,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not chosen:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(ALL)}")
     args.scenarios = [s for s in ALL if s in chosen]
+    sizes = (
+        "seconds",
+        "runs",
+        "latency_seconds",
+        "endpoints",
+        "spread",
+        "sandboxes",
+        "containers",
+        "tcp_per_conn",
+    )
+    for size in sizes:
+        if getattr(args, size) is not None and getattr(args, size) <= 0:
+            parser.error(f"--{size.replace('_', '-')} must be positive")
     return args
 
 
@@ -106,18 +120,27 @@ def ensure_tools() -> None:
         sys.exit(f"missing {', '.join(lacking)}: ./scripts/setup could not install them")
 
 
-def measure(args: argparse.Namespace, opts: scenarios.Options) -> dict[str, Any]:
+def run_scenario(lab: Lab, name: str, opts: scenarios.Options) -> dict[str, Any]:
+    if name == "scale":
+        return report.scale_json(scale(lab, opts.sandboxes, opts.runs))
+    if name == "adapters":
+        return report.adapters_json(adapters(lab, opts.containers, opts.runs))
+    return report.scenario_json(scenarios.THROUGHPUT[name](lab, opts))
+
+
+def measure(args: argparse.Namespace, opts: scenarios.Options) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every chosen scenario; one that fails is reported (and the exit status is 1), the others still run."""
     results: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="rt6-bench-") as tmp, Lab(Path(tmp), args.prefix) as lab:
         for name in args.scenarios:
             print(f"== {name}", file=sys.stderr, flush=True)
-            if name == "scale":
-                results[name] = report.scale_json(scale(lab, opts.sandboxes, opts.runs))
-            elif name == "adapters":
-                results[name] = report.adapters_json(adapters(lab, opts.containers, opts.runs))
-            else:
-                results[name] = report.scenario_json(scenarios.THROUGHPUT[name](lab, opts))
-    return results
+            try:
+                results[name] = run_scenario(lab, name, opts)
+            except (LabError, ControlError, subprocess.TimeoutExpired) as exc:
+                print(f"== {name} failed: {exc}", file=sys.stderr, flush=True)
+                failed[name] = str(exc)
+    return results, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_tools()
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
-    results = measure(args, opts)
+    results, failed = measure(args, opts)
     doc: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit(),
@@ -138,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "options": vars(opts),
         "results": results,
+        "failed": failed,
     }
     doc["targets"] = report.targets(results)
     report.write_json(out / "bench.json", doc)
@@ -150,4 +174,4 @@ def main(argv: list[str] | None = None) -> int:
         relative = os.path.relpath(chart_path, ROOT / "benchmarks") if chart_path else None
         report.update_readme(ROOT / "benchmarks" / "README.md", report.markdown(doc, relative))
         print("updated benchmarks/README.md")
-    return 0
+    return 1 if failed else 0
