@@ -315,17 +315,38 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def _latencies(results: dict[str, Any]) -> list[tuple[str, float, float | None]]:
+    """(label, milliseconds, target or None) of the scale and adapter figures, for the chart."""
+    out: list[tuple[str, float, float | None]] = []
+    if "scale" in results:
+        scale = results["scale"]
+        out += [
+            ("join to first answer, median", scale["first_answer_median_ms"], 5.0),
+            ("join to first answer, p99", scale["first_answer_p99_ms"], 20.0),
+        ]
+    if "adapters" in results:
+        adapters = results["adapters"]
+        out += [
+            ("python -c pass", adapters["python_start_median_ms"], None),
+            ("resolver-cni ADD", adapters["cni_add_median_ms"], 50.0),
+            ("resolver-oci-hook createRuntime", adapters["oci_create_median_ms"], 50.0),
+        ]
+    return out
+
+
 def chart(path: Path, doc: dict[str, Any]) -> None:
-    """Queries per second and CPU per query of every server in every scenario, side by side."""
+    """Queries per second and CPU per query of every server in every scenario, side by side; below them
+    the join and adapter latencies against their targets."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     scenarios = [(n, s) for n, s in doc["results"].items() if n not in SUMMARIES]
-    fig, axes = plt.subplots(
-        2, max(len(scenarios), 1), figsize=(4 * max(len(scenarios), 1), 7), squeeze=False
-    )
+    latencies = _latencies(doc["results"])
+    columns = max(len(scenarios), 1)
+    rows = 3 if latencies else 2
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.5 * rows), squeeze=False)
     for col, (name, scenario) in enumerate(scenarios):
         labels = [r["server"].replace(", ", ",\n") for r in scenario["rows"]]
         colors = ["#2a7ab9" if r["server"].startswith(RESOLVER) else "#999999" for r in scenario["rows"]]
@@ -340,6 +361,19 @@ def chart(path: Path, doc: dict[str, Any]) -> None:
             ax.tick_params(axis="y", labelsize=7)
             if row == 0:
                 ax.set_title(name, fontsize=10)
+    if latencies:
+        for ax in axes[2][1:]:
+            ax.remove()
+        gs = axes[2][0].get_gridspec()
+        axes[2][0].remove()
+        ax = fig.add_subplot(gs[2, :])
+        names = [n for n, _, _ in latencies]
+        bars = ax.barh(range(len(latencies)), [v for _, v, _ in latencies], color="#2a7ab9")
+        notes = [f"{v:.1f} ms" + (f" (target {t:g})" if t else " (reference)") for _, v, t in latencies]
+        ax.bar_label(bars, notes, fontsize=7)
+        ax.set_yticks(range(len(latencies)), names, fontsize=8)
+        ax.set_xlabel("milliseconds (median unless marked)", fontsize=8)
+        ax.invert_yaxis()
     fig.suptitle(f"DNS benchmark {doc['date']} ({doc['commit']})", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
