@@ -163,7 +163,7 @@ def _sites() -> list[Site]:
     dispatcher = Dispatcher(Metrics(), StubForwarder(), cache)  # type: ignore[arg-type]
     settings = Settings(tcp_idle_timeout=5.0)
     return [
-        Site(view.sandbox, view, None, dispatcher, settings)  # type: ignore[arg-type]
+        Site(view.sandbox, lambda _netns, view=view: view, None, dispatcher, settings)  # type: ignore[arg-type]
         for view in subjects
     ]
 
