@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -73,6 +74,23 @@ def _udp_client() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     return sock
+
+
+def _listeners_and_client(address: str, port: int) -> tuple[ns.Listeners, socket.socket]:
+    """The sandbox's listeners and a client socket for the join probe, in one trip into it."""
+    listeners = ns.open_listeners(address, port)
+    try:
+        return listeners, _udp_client()
+    except BaseException:
+        listeners.close()
+        raise
+
+
+def _close_orphaned(future: asyncio.Future[tuple[ns.Listeners, socket.socket]]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        listeners, client = future.result()
+        listeners.close()
+        client.close()
 
 
 class Daemon:
@@ -191,18 +209,34 @@ class Daemon:
         return self.views.view(self.registry.state, netns, self.host_servers)
 
     def _refresh_views(self, change: m.Change | None = None) -> None:
-        if change is not None:
-            self.views.invalidate(change.touched_networks)
-        for netns, site in self.sites.items():
-            site.view = self.view(netns)
+        """Make every site whose names or upstreams changed forget its view (all of them without a
+        change); each builds its new view on its next query."""
+        if change is None:
+            for site in self.sites.values():
+                site.forget_view()
+            return
+        self.views.apply(change)
+        networks = set(change.touched_networks)
+        for netns in change.touched_sandboxes:
+            if netns in self.sites:
+                self.sites[netns].forget_view()
+        for site in self.sites.values():
+            if site.holds_view_of(networks):
+                site.forget_view()
 
     def _apply(self, event: m.Event) -> m.Change:
         change = self.registry.apply(event)
         self._refresh_views(change)
         return change
 
-    def _save(self) -> None:
-        self.store.save(self.registry.state, self.records)
+    async def _save(self, dirty: Iterable[str] | None = None) -> None:
+        """Persist the change just made (`dirty`: the sandboxes whose records it may have changed;
+        None: any). The diff is taken here, in order; the disk write runs off the loop."""
+        prepared = self.store.prepare(self.registry.state, self.records, dirty)
+        if self.store.needs_sync(prepared):
+            await asyncio.to_thread(self.store.write, prepared)
+        else:
+            self.store.write(prepared)
 
     # ---- attach / detach -----------------------------------------------------------------------------
 
@@ -210,35 +244,52 @@ class Daemon:
         assert self.worker is not None
         return await self.worker.arun_in(netns, fn, *args)
 
-    async def _attach(self, netns: str, explicit_resolv_conf: str | None) -> None:
+    async def _attach(self, netns: str, explicit_resolv_conf: str | None, rewrite: bool = True) -> None:
+        """Serve DNS inside `netns`; `rewrite` false leaves its resolv.conf alone (the runtime owns it)."""
         assert self.worker is not None
         settings = self.settings
         port = 53 if settings.listen_mode == "direct" else 0
+        opening = asyncio.ensure_future(
+            self.worker.arun_in(netns, _listeners_and_client, settings.listen_address, port)
+        )
         try:
-            listeners = await ns.aopen_listeners_in(self.worker, netns, settings.listen_address, port)
+            listeners, client = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_orphaned)
+            raise
         except (ns.NamespaceError, OSError) as exc:
             raise AttachError(
                 f"cannot listen on {settings.listen_address}:{port} in {netns}: {exc}"
             ) from None
-        site = Site(netns, self.view(netns), listeners, self.dispatcher, settings)
-        await site.start(self.metrics.fast)
-        self.sites[netns] = site
-        self.records.setdefault(netns, SandboxRecord()).identity = ns.netns_identity(netns)
+        site = Site(netns, self.view, listeners, self.dispatcher, settings)
         try:
-            if settings.listen_mode == "redirect":
-                await asyncio.to_thread(
-                    redirect.install_redirect, netns, settings.listen_address, listeners.port
-                )
-            if not await self._probe(netns, settings.join_timeout):
-                raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
-            await self._rewrite_resolv_conf(netns, explicit_resolv_conf)
+            await site.start(self.metrics.fast)
+        except BaseException:
+            client.close()
+            listeners.close()
+            raise
+        self.sites[netns] = site
+        record = self.records.setdefault(netns, SandboxRecord())
+        record.identity, record.keep_resolv_conf = ns.netns_identity(netns), not rewrite
+        try:
+            with contextlib.closing(client):
+                if settings.listen_mode == "redirect":
+                    await asyncio.to_thread(
+                        redirect.install_redirect, netns, settings.listen_address, listeners.port
+                    )
+                if not await self._probe(netns, settings.join_timeout, client):
+                    raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
+            if rewrite:
+                self._rewrite_resolv_conf(netns, explicit_resolv_conf)
         except Exception as exc:
             await self._detach(netns, restore=True)
             if isinstance(exc, AttachError):
                 raise
             raise AttachError(f"cannot set up DNS in {netns}: {exc}") from None
 
-    async def _rewrite_resolv_conf(self, netns: str, explicit: str | None) -> None:
+    def _rewrite_resolv_conf(self, netns: str, explicit: str | None) -> None:
+        """Point the sandbox's resolv.conf at us. On the loop: a small regular file, no fsync, and the
+        file checks refuse FIFOs and devices, so it cannot block."""
         record = self.records[netns]
         try:
             path = resolvfile.resolv_conf_path_for(netns, explicit or record.resolv_conf)
@@ -249,8 +300,8 @@ class Daemon:
             return
         previous = resolvfile.Rewrite.from_dict(record.rewrite) if record.rewrite else None
         try:
-            rewrite, servers = await asyncio.to_thread(
-                resolvfile.rewrite, path, self.settings.listen_address, self.host_text, previous=previous
+            rewrite, servers = resolvfile.rewrite(
+                path, self.settings.listen_address, self.host_text, previous=previous
             )
         except FileNotFoundError:
             if explicit:
@@ -281,11 +332,13 @@ class Daemon:
             except OSError as exc:
                 log.warning("could not restore resolv.conf of %s: %s", netns, exc)
 
-    async def _probe(self, netns: str, timeout: float) -> bool:
-        """True once a query sent from inside the sandbox to 127.0.0.11:53 gets an answer."""
+    async def _probe(self, netns: str, timeout: float, sock: socket.socket | None = None) -> bool:
+        """True once a query sent from inside the sandbox to 127.0.0.11:53 gets an answer; `sock`, a
+        client socket made in the sandbox, is used (and closed) when given."""
         assert self.worker is not None
         loop = asyncio.get_running_loop()
-        sock = await self.worker.arun_in(netns, _udp_client)
+        if sock is None:
+            sock = await self.worker.arun_in(netns, _udp_client)
         deadline = loop.time() + timeout
         with contextlib.closing(sock):
             sock.connect((self.settings.listen_address, 53))  # UDP: sets the peer, no handshake
@@ -315,12 +368,13 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 continue
             try:
-                await self._attach(netns, self.records.get(netns, SandboxRecord()).resolv_conf)
+                record = self.records.get(netns, SandboxRecord())
+                await self._attach(netns, record.resolv_conf, rewrite=not record.keep_resolv_conf)
                 log.info("re-attached sandbox %s", netns)
             except AttachError as exc:
                 log.error("could not re-attach %s: %s; dropping it", netns, exc)
                 await self._forget(netns, restore=False)
-        self._save()
+        await self._save()
 
     async def _forget(self, netns: str, restore: bool) -> None:
         self._apply(m.RemoveSandbox(netns))
@@ -356,7 +410,7 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 changed = True
         if changed:
-            self._save()
+            await self._save()
 
     async def _check_redirects(self) -> None:
         """Probe every sandbox through its redirect rule, concurrently and outside the change lock;
@@ -390,24 +444,24 @@ class Daemon:
     async def create_network(self, event: m.CreateNetwork) -> m.Network:
         async with self.lock:
             self._apply(event)
-            self._save()
+            await self._save()
             return self.registry.state.networks[event.name]
 
     async def remove_network(self, name: str) -> None:
         async with self.lock:
             self._apply(m.RemoveNetwork(name))
-            self._save()
+            await self._save()
 
     async def create_service(self, event: m.CreateService) -> m.Service:
         async with self.lock:
             self._apply(event)
-            self._save()
+            await self._save()
             return self.registry.state.services[(event.network, event.name)]
 
     async def remove_service(self, network: str, name: str) -> None:
         async with self.lock:
             self._apply(m.RemoveService(network, name))
-            self._save()
+            await self._save()
 
     async def join(self, event: m.JoinEndpoint) -> m.Endpoint:
         async with self.lock:
@@ -422,11 +476,11 @@ class Daemon:
             change = self._apply(event)
             if change.added_sandboxes:
                 try:
-                    await self._attach(netns, event.resolv_conf)
+                    await self._attach(netns, event.resolv_conf, rewrite=event.rewrite_resolv_conf)
                 except AttachError:
                     self._apply(m.LeaveEndpoint(event.endpoint, event.network))
                     raise
-            self._save()
+            await self._save(dirty=(netns,))
             return self.registry.state.endpoints[(event.network, event.endpoint)]
 
     def _check_resolv_conf_matches(self, netns: str, path: str | None) -> None:
@@ -441,7 +495,7 @@ class Daemon:
             change = self._apply(m.LeaveEndpoint(endpoint, found.network))
             for sandbox in change.removed_sandboxes:
                 await self._detach(sandbox.netns, restore=True)
-            self._save()
+            await self._save(dirty=())
             return found
 
     def _find_endpoint(self, endpoint: str, network: str | None) -> m.Endpoint:
