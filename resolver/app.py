@@ -23,10 +23,11 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from resolver import __version__, config
+from resolver import __version__, backends, config
 from resolver.config import Settings
 from resolver.core.cache import AnswerCache
 from resolver.nsinject import netns as ns
@@ -36,6 +37,7 @@ from resolver.nsinject.resolvconf import upstream_servers
 from resolver.registry import model as m
 from resolver.registry.errors import Conflict, InvalidValue, NotFound, RegistryError
 from resolver.registry.registry import Registry, find_endpoint
+from resolver.registry.registry import apply as registry_apply
 from resolver.registry.view import View, Views
 from resolver.server.dispatch import Dispatcher
 from resolver.server.forwarder import Forwarder
@@ -84,6 +86,7 @@ class Daemon:
         self.flags = flags or {}
         self.store = Store(settings.state_dir)
         self.registry = Registry()
+        self.backend = backends.create(settings)
         self.views = Views()
         self.records: dict[str, SandboxRecord] = {}
         self.sites: dict[str, Site] = {}
@@ -115,6 +118,7 @@ class Daemon:
         self.worker = ns.NamespaceWorker()
         self._read_host_resolv_conf()
         await self._restore_saved()
+        await self.backend.start(self)
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT; SIGHUP reloads settings."""
@@ -137,6 +141,7 @@ class Daemon:
             await self.shutdown()
 
     async def shutdown(self) -> None:
+        await self.backend.close()
         async with self.lock:
             for netns in list(self.sites):
                 await self._detach(netns, restore=self.settings.restore_resolv_conf_on_exit, keep_record=True)
@@ -203,6 +208,33 @@ class Daemon:
 
     def _save(self) -> None:
         self.store.save(self.registry.state, self.records)
+        self.backend.local_changed()
+
+    # ---- the shared registry (global networks; see resolver/backends) ----------------------------------
+
+    async def _publish(self, event: m.Event) -> None:
+        """Validate a network or service change, then share it (global networks) before it is applied."""
+        registry_apply(self.registry.state, event)
+        await self.backend.publish(event, self.registry.state)
+
+    def local_state(self) -> m.State:
+        return self.registry.state
+
+    async def apply_remote(self, plan: Callable[[m.State], Sequence[m.Event]]) -> list[str]:
+        """Apply other hosts' records; a refused one is reported (and retried by the backend)."""
+        refused: list[str] = []
+        async with self.lock:
+            persist = False
+            for event in plan(self.registry.state):
+                try:
+                    self._apply(event)
+                except RegistryError as exc:
+                    refused.append(f"{type(event).__name__} {exc.message}")
+                    continue
+                persist = persist or not isinstance(event, m.JoinEndpoint | m.LeaveEndpoint)
+            if persist:
+                self._save()
+        return refused
 
     # ---- attach / detach -----------------------------------------------------------------------------
 
@@ -389,23 +421,27 @@ class Daemon:
 
     async def create_network(self, event: m.CreateNetwork) -> m.Network:
         async with self.lock:
+            await self._publish(event)
             self._apply(event)
             self._save()
             return self.registry.state.networks[event.name]
 
     async def remove_network(self, name: str) -> None:
         async with self.lock:
+            await self._publish(m.RemoveNetwork(name))
             self._apply(m.RemoveNetwork(name))
             self._save()
 
     async def create_service(self, event: m.CreateService) -> m.Service:
         async with self.lock:
+            await self._publish(event)
             self._apply(event)
             self._save()
             return self.registry.state.services[(event.network, event.name)]
 
     async def remove_service(self, network: str, name: str) -> None:
         async with self.lock:
+            await self._publish(m.RemoveService(network, name))
             self._apply(m.RemoveService(network, name))
             self._save()
 
@@ -462,6 +498,7 @@ class Daemon:
             "host_upstreams": list(self.host_servers),
             "upstreams_down": self.forwarder.health.down(),
             "generation": state.generation,
+            "registry": self.backend.status(),
             "cache": None
             if self.cache is None
             else {

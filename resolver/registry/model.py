@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Literal
 
 ServiceMode = Literal["vip", "dnsrr"]
+Scope = Literal["local", "global"]
 Protocol = Literal["tcp", "udp"]
 DEFAULT_LOCAL_TTL = 5
 _SHORT_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
@@ -51,6 +52,8 @@ class Network:
     domain: str | None = None
     upstreams: tuple[str, ...] = ()
     ttl: int = DEFAULT_LOCAL_TTL
+    scope: Scope = "local"
+    """`global`: the network spans hosts and its registry is shared (see resolver/backends)."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -59,6 +62,7 @@ class Network:
             "domain": self.domain,
             "dns": list(self.upstreams),
             "ttl": self.ttl,
+            "scope": self.scope,
         }
 
 
@@ -76,6 +80,8 @@ class Endpoint:
     ports: tuple[NamedPort, ...] = ()
     upstreams: tuple[str, ...] = ()
     resolv_conf: str | None = None
+    host: str | None = None
+    """The host whose daemon joined it; None for this host. A remote endpoint has no local sandbox."""
 
     @property
     def short_id(self) -> str | None:
@@ -106,6 +112,7 @@ class Endpoint:
             "ports": [p.text() for p in self.ports],
             "dns": list(self.upstreams),
             "resolv_conf": self.resolv_conf,
+            "host": self.host,
         }
 
 
@@ -170,6 +177,7 @@ class CreateNetwork:
     domain: str | None = None
     upstreams: tuple[str, ...] = ()
     ttl: int = DEFAULT_LOCAL_TTL
+    scope: str = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +199,7 @@ class JoinEndpoint:
     ports: tuple[str, ...] = ()
     upstreams: tuple[str, ...] = ()
     resolv_conf: str | None = None
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,188 @@
+"""A two-host cluster on one machine for the multi-host tests and benchmark: a real etcd (Debian's
+etcd-server) and one `resolver serve` per "host", each host being a network namespace of its own.
+
+Layout: a hub namespace holds a bridge (10.88.0.1/24, where etcd listens) and etcd itself; each host
+namespace has a veth on the bridge (10.88.0.2, .3, ...) and runs its daemon through `nsenter --net`, so
+the daemon's sockets to etcd live in the host namespace while it still enters sandbox namespaces made
+with `ip netns add`. Nothing listens on the machine's own loopback.
+
+Everything is removed by `cleanup()` (etcd and daemons stopped by pid, namespaces and veths deleted),
+also when a test fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from integration.nstools import Daemon, Namespaces, in_netns, run, wait_until
+
+PREFIX = "rt8-"
+HUB_ADDRESS = "10.88.0.1"
+CLIENT_PORT = 2379
+LEASE_TTL = 3
+
+
+class Netns(Namespaces):
+    """`Namespaces` with this suite's prefix."""
+
+    @staticmethod
+    def unique_name() -> str:
+        return f"{PREFIX}{secrets.token_hex(5)}"
+
+    def adopt(self, name: str) -> str:
+        assert name.startswith(PREFIX), name
+        self.names.append(name)
+        return name
+
+
+def netns_path(name: str) -> str:
+    return f"/run/netns/{name}"
+
+
+class Etcd:
+    """etcd in namespace `netns`, data under `workdir`; `stop()` keeps the data for a later `start()`."""
+
+    def __init__(self, workdir: Path, netns: str, address: str) -> None:
+        self.workdir = workdir
+        self.netns = netns
+        self.url = f"http://{address}:{CLIENT_PORT}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "etcd.log"
+
+    def start(self, timeout: float = 20.0) -> None:
+        assert self.proc is None
+        peer = "http://127.0.0.1:2380"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                in_netns(
+                    netns_path(self.netns),
+                    "etcd",
+                    "--name=rt8",
+                    f"--data-dir={self.workdir / 'data'}",
+                    f"--listen-client-urls={self.url}",
+                    f"--advertise-client-urls={self.url}",
+                    f"--listen-peer-urls={peer}",
+                    f"--initial-advertise-peer-urls={peer}",
+                    f"--initial-cluster=rt8={peer}",
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        if not wait_until(lambda: self.ctl("endpoint", "health").returncode == 0, timeout, 0.2):
+            self.stop()
+            raise AssertionError(f"etcd did not become healthy:\n{self.log.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        ctl = ["etcdctl", f"--endpoints={self.url}", "--command-timeout=3s", *args]
+        return run(
+            in_netns(netns_path(self.netns), *ctl),
+            env={"ETCDCTL_API": "3", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+
+    def revision(self) -> int:
+        result = self.ctl("get", "/", "--prefix", "--keys-only", "--limit=1", "-w", "json")
+        assert result.returncode == 0, result.stderr
+        return int(json.loads(result.stdout)["header"]["revision"])
+
+    def keys(self, prefix: str = "/resolver/") -> dict[str, int]:
+        """Every key under `prefix` and the lease it is attached to (0: none)."""
+        result = self.ctl("get", prefix, "--prefix", "-w", "json")
+        assert result.returncode == 0, result.stderr
+        kvs = json.loads(result.stdout).get("kvs", [])
+        return {base64.b64decode(kv["key"]).decode(): int(kv.get("lease", 0)) for kv in kvs}
+
+
+class HostDaemon(Daemon):
+    """`resolver serve` inside host namespace `host`, with the etcd backend."""
+
+    def __init__(self, workdir: Path, host: str, etcd_url: str, lease_ttl: int = LEASE_TTL) -> None:
+        super().__init__(workdir)
+        self.host = host
+        self.config = workdir / "resolver.toml"
+        endpoint = etcd_url.split("://", 1)[1]
+        self.config.write_text(
+            "[registry]\n"
+            'backend = "etcd"\n'
+            f'endpoints = ["{endpoint}"]\n'
+            f"lease_ttl = {lease_ttl}\n"
+            "timeout = 1.0\n"
+        )
+
+    def command(self) -> list[str]:
+        return in_netns(netns_path(self.host), *super().command(), "--config", str(self.config))
+
+    def registry_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.json("status")["registry"]
+        return status
+
+    def connected(self) -> bool:
+        return bool(self.registry_status()["connected"])
+
+
+class Cluster:
+    """etcd plus `hosts` host namespaces, each with a daemon (started by `start_daemons`)."""
+
+    def __init__(self, workdir: Path, hosts: int = 2) -> None:
+        self.workdir = workdir
+        self.netns = Netns()
+        self.daemons: list[HostDaemon] = []
+        self.etcd: Etcd | None = None
+        self.hosts: list[str] = []
+        self._hosts = hosts
+
+    def setup(self) -> None:
+        lan = self.netns.lan()
+        run(["ip", "-n", lan.hub, "addr", "add", f"{HUB_ADDRESS}/24", "dev", lan.bridge], check=True)
+        run(["ip", "-n", lan.hub, "link", "set", "lo", "up"], check=True)
+        for index in range(self._hosts):
+            host = self.netns.add()
+            lan.attach(host, f"10.88.0.{index + 2}/24")
+            run(["ip", "-n", host, "link", "set", "lo", "up"], check=True)
+            self.hosts.append(host)
+        (self.workdir / "etcd").mkdir(parents=True, exist_ok=True)
+        self.etcd = Etcd(self.workdir / "etcd", lan.hub, HUB_ADDRESS)
+        self.etcd.start()
+        for index, host in enumerate(self.hosts):
+            assert self.etcd is not None
+            self.daemons.append(HostDaemon(self.workdir / f"h{index}", host, self.etcd.url))
+        for daemon in self.daemons:
+            daemon.start()
+        for daemon in self.daemons:
+            assert wait_until(daemon.connected, 15), f"daemon did not reach etcd:\n{daemon.log_text()}"
+
+    def sandbox(self) -> str:
+        """A new sandbox namespace (joined through any host's daemon)."""
+        return self.netns.add()
+
+    def cleanup(self) -> list[str]:
+        """Stop everything; returns the daemons that did not exit 0 on SIGTERM (with their logs)."""
+        failures = []
+        for daemon in self.daemons:
+            was_running = daemon.running()
+            status = daemon.stop()
+            if was_running and status != 0:
+                failures.append(f"daemon {daemon.host} exited {status}:\n{daemon.log_text()}")
+        if self.etcd is not None:
+            self.etcd.stop()
+        self.netns.cleanup()
+        return failures
