@@ -224,15 +224,14 @@ class Daemon:
         """Apply other hosts' records; a refused one is reported (and retried by the backend)."""
         refused: list[str] = []
         async with self.lock:
-            persist = False
+            applied = 0
             for event in plan(self.registry.state):
                 try:
                     self._apply(event)
+                    applied += 1
                 except RegistryError as exc:
                     refused.append(f"{type(event).__name__} {exc.message}")
-                    continue
-                persist = persist or not isinstance(event, m.JoinEndpoint | m.LeaveEndpoint)
-            if persist:
+            if applied:
                 self._save()
         return refused
 

@@ -4,7 +4,8 @@ Rules: the whole state is one JSON document written atomically (temporary file, 
 the directory), so after a crash - SIGKILL included - the file is either the previous or the new
 state, never a mix. Loading replays the records as registry events, so saved data is validated exactly
 like live requests; a record that no longer validates is reported and skipped, never fatal. Endpoints
-joined on other hosts are not saved: they come from the shared registry.
+joined on other hosts are saved too, as the last known state of the shared registry (a daemon restarted
+while etcd is unreachable still answers them); the shared registry corrects them once reachable.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def encode(state: m.State, sandboxes: dict[str, SandboxRecord]) -> dict[str, Any
         "version": FORMAT_VERSION,
         "networks": [n.to_dict() for n in state.networks.values()],
         "services": [s.to_dict() for s in state.services.values()],
-        "endpoints": [e.to_dict() for e in state.endpoints.values() if e.host is None],
+        "endpoints": [e.to_dict() for e in state.endpoints.values()],
         "sandboxes": {
             netns: {
                 **sandboxes.get(netns, SandboxRecord()).to_dict(),
@@ -101,7 +102,7 @@ def join_event(e: dict[str, Any], host: str | None = None) -> m.JoinEndpoint:
 def _events(doc: dict[str, Any]) -> list[m.Event]:
     events: list[m.Event] = [network_event(n) for n in doc.get("networks", [])]
     events += [service_event(s) for s in doc.get("services", [])]
-    events += [join_event(e) for e in doc.get("endpoints", [])]
+    events += [join_event(e, e.get("host")) for e in doc.get("endpoints", [])]
     for netns, sb in doc.get("sandboxes", {}).items():
         if sb.get("original_dns"):
             events.append(m.SetSandboxUpstreams(netns, tuple(sb["original_dns"])))

@@ -102,6 +102,7 @@ class EtcdBackend:
         self.touched: set[str] | None = set()
         """Mirror keys to apply locally (None: all of them)."""
         self.to_apply = asyncio.Event()
+        self.applying = False
         self.to_write = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.counters = {"sessions": 0, "lists": 0, "leases": 0, "writes": 0, "refused": 0}
@@ -122,8 +123,8 @@ class EtcdBackend:
 
     def local_changed(self) -> None:
         self.to_write.set()
-        if self.counters["refused"]:
-            self._touch(None)
+        if self.counters["refused"] and not self.applying:
+            self._touch(None)  # a local change (a leave, say) may have made room for a refused record
 
     def status(self) -> dict[str, Any]:
         return {
@@ -375,7 +376,11 @@ class EtcdBackend:
             await self.to_apply.wait()
             self.to_apply.clear()
             keys, self.touched = self.touched, set()
-            refused = await self.replica.apply_remote(functools.partial(self._plan, keys=keys))
+            self.applying = True
+            try:
+                refused = await self.replica.apply_remote(functools.partial(self._plan, keys=keys))
+            finally:
+                self.applying = False
             for reason in refused:
                 log.warning("etcd: a record of another host is not applied: %s", reason)
             self.counters["refused"] = len(refused)

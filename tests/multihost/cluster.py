@@ -17,10 +17,11 @@ import json
 import secrets
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from integration.nstools import Daemon, Namespaces, in_netns, run, wait_until
+from integration.nstools import VENV_PYTHON, Daemon, Namespaces, in_netns, run, wait_until
 
 PREFIX = "rt8-"
 HUB_ADDRESS = "10.88.0.1"
@@ -165,14 +166,25 @@ class Cluster:
         for index, host in enumerate(self.hosts):
             assert self.etcd is not None
             self.daemons.append(HostDaemon(self.workdir / f"h{index}", host, self.etcd.url))
-        for daemon in self.daemons:
-            daemon.start()
+        with ThreadPoolExecutor(len(self.daemons)) as pool:
+            list(pool.map(lambda d: d.start(), self.daemons))
         for daemon in self.daemons:
             assert wait_until(daemon.connected, 15), f"daemon did not reach etcd:\n{daemon.log_text()}"
 
     def sandbox(self) -> str:
         """A new sandbox namespace (joined through any host's daemon)."""
         return self.netns.add()
+
+    def prober(self, sandbox: str) -> Prober:
+        proc = subprocess.Popen(
+            in_netns(sandbox, VENV_PYTHON, Path(__file__).with_name("prober.py")),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.netns.procs.append(proc)
+        return Prober(proc)
 
     def cleanup(self) -> list[str]:
         """Stop everything; returns the daemons that did not exit 0 on SIGTERM (with their logs)."""
@@ -186,3 +198,28 @@ class Cluster:
             self.etcd.stop()
         self.netns.cleanup()
         return failures
+
+
+class Prober:
+    """A `prober.py` running inside a sandbox: `lookup(name)` asks 127.0.0.11 there for NAME's A records."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def lookup(self, name: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the prober exited with {self.proc.wait()}"
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def addresses(self, name: str) -> list[str]:
+        result: list[str] = self.lookup(name)["addresses"]
+        return result
+
+    def unknown(self, name: str) -> bool:
+        """The daemon answered and NAME is not local (no upstream in these tests: SERVFAIL)."""
+        result = self.lookup(name)
+        return result["rcode"] in ("NXDOMAIN", "SERVFAIL") and not result["addresses"]
