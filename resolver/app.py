@@ -51,6 +51,7 @@ PROBE_QUERY_NAME = b"\x07version\x04bind\x00"
 CLASS_CH = 3
 TXT = 16
 REDIRECT_PROBES_AT_ONCE = 32
+REMOTE_SAVE_DELAY = 1.0
 
 
 class AttachError(Exception):
@@ -104,6 +105,7 @@ class Daemon:
         self.host_text: str | None = None
         self._host_stamp: tuple | None = None
         self.lock = asyncio.Lock()
+        self._save_pending: asyncio.TimerHandle | None = None
         self.started = time.time()
         self.stopping = asyncio.Event()
         self.metrics.gauges.update(
@@ -142,6 +144,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         await self.backend.close()
+        if self._save_pending is not None:
+            self._save()
         async with self.lock:
             for netns in list(self.sites):
                 await self._detach(netns, restore=self.settings.restore_resolv_conf_on_exit, keep_record=True)
@@ -207,6 +211,9 @@ class Daemon:
         return change
 
     def _save(self) -> None:
+        if self._save_pending is not None:
+            self._save_pending.cancel()
+            self._save_pending = None
         self.store.save(self.registry.state, self.records)
         self.backend.local_changed()
 
@@ -224,16 +231,31 @@ class Daemon:
         """Apply other hosts' records; a refused one is reported (and retried by the backend)."""
         refused: list[str] = []
         async with self.lock:
-            applied = 0
+            touched: set[str] = set()
             for event in plan(self.registry.state):
                 try:
-                    self._apply(event)
-                    applied += 1
+                    touched.update(self.registry.apply(event).touched_networks)
                 except RegistryError as exc:
                     refused.append(f"{type(event).__name__} {exc.message}")
-            if applied:
-                self._save()
+            if touched:
+                self.views.invalidate(touched)
+                self._refresh_views()
+                self._save_soon()
         return refused
+
+    def _save_soon(self) -> None:
+        """Persist other hosts' records within REMOTE_SAVE_DELAY, coalesced: they are the last known state
+        of the shared registry, not acknowledged changes, and an fsync per watch event would hold up
+        answers."""
+        if self._save_pending is None:
+            self._save_pending = asyncio.get_running_loop().call_later(REMOTE_SAVE_DELAY, self._save_deferred)
+
+    def _save_deferred(self) -> None:
+        self._save_pending = None
+        if not self.lock.locked():
+            self._save()
+        else:
+            self._save_soon()
 
     # ---- attach / detach -----------------------------------------------------------------------------
 

@@ -204,14 +204,15 @@ class EtcdBackend:
     # ---- sessions -------------------------------------------------------------------------------------
 
     def _client(self, host: str, port: int) -> aetcd.Client:
+        # No client-side deadline: each call here is bounded by asyncio.wait_for instead, and the watch
+        # stream must not have one at all.
         s = self.settings
-        timeout = max(1, round(s.registry_timeout))
         if not (s.registry_tls_ca or s.registry_tls_cert):
-            return aetcd.Client(host=host, port=port, timeout=timeout)
+            return aetcd.Client(host=host, port=port)
         credentials = grpc.ssl_channel_credentials(
             _read(s.registry_tls_ca), _read(s.registry_tls_key), _read(s.registry_tls_cert)
         )
-        return _TlsClient(credentials, host=host, port=port, timeout=timeout)
+        return _TlsClient(credentials, host=host, port=port)
 
     async def _sessions(self) -> None:
         attempt = 0
@@ -225,7 +226,8 @@ class EtcdBackend:
                 raise
             except Exception as exc:
                 level = logging.WARNING if self.client is not None or attempt == 0 else logging.DEBUG
-                log.log(level, "etcd %s:%d: %s; answers go on from the last known state", host, port, exc)
+                reason = str(exc) or type(exc).__name__
+                log.log(level, "etcd %s:%d: %s; answers go on from the last known state", host, port, reason)
                 if self.client is not None:
                     backoff = BACKOFF_FIRST
             finally:
@@ -277,10 +279,20 @@ class EtcdBackend:
         self.to_write.set()
 
     async def _keep_alive(self, client: aetcd.Client) -> None:
-        interval = max(self.settings.registry_lease_ttl / 3, 0.2)
+        """Refresh the lease every third of its TTL; a slow answer is retried, not fatal, until the
+        lease would have run out (a busy daemon must not drop its own registrations)."""
+        ttl = self.settings.registry_lease_ttl
+        interval = max(ttl / 3, 0.2)
+        refreshed = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(interval)
-            await asyncio.wait_for(self._take_lease(client), self.settings.registry_timeout)
+            try:
+                await asyncio.wait_for(self._take_lease(client), self.settings.registry_timeout)
+                refreshed = asyncio.get_running_loop().time()
+            except TimeoutError:
+                if asyncio.get_running_loop().time() - refreshed > ttl:
+                    raise
+                log.debug("etcd: lease refresh timed out; trying again")
 
     async def _can_resume(self, client: aetcd.Client) -> bool:
         """True when the watch can go on from the last revision seen: this is the same cluster and its
@@ -352,9 +364,8 @@ class EtcdBackend:
             ops += [t.delete(k.encode()) for k in self.own if k not in wanted]
             for start in range(0, len(ops), TXN_OPS):
                 batch = ops[start : start + TXN_OPS]
-                await asyncio.wait_for(
-                    client.transaction(compare=[], success=batch, failure=[]), self.settings.registry_timeout
-                )
+                txn = client.transaction(compare=[], success=batch, failure=[])
+                await asyncio.wait_for(txn, self.settings.registry_timeout * 3)
                 self.counters["writes"] += len(batch)
             for key, value in wanted.items():
                 self.own[key] = (value, lease or 0)

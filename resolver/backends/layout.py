@@ -33,7 +33,7 @@ def encode(record: dict[str, Any]) -> bytes:
 
 def endpoint_value(endpoint: m.Endpoint) -> bytes:
     record = endpoint.to_dict()
-    del record["host"]
+    record.pop("host", None)
     return encode(record)
 
 

@@ -56,14 +56,17 @@ class Network:
     """`global`: the network spans hosts and its registry is shared (see resolver/backends)."""
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        """`scope` appears for global networks only, so a local network's form is what it always was."""
+        record: dict[str, object] = {
             "name": self.name,
             "internal": self.internal,
             "domain": self.domain,
             "dns": list(self.upstreams),
             "ttl": self.ttl,
-            "scope": self.scope,
         }
+        if self.scope != "local":
+            record["scope"] = self.scope
+        return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,8 @@ class Endpoint:
         return tuple(seen.values())
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        """`host` appears for endpoints joined on another host only."""
+        record: dict[str, object] = {
             "id": self.id,
             "network": self.network,
             "netns": self.sandbox,
@@ -112,8 +116,10 @@ class Endpoint:
             "ports": [p.text() for p in self.ports],
             "dns": list(self.upstreams),
             "resolv_conf": self.resolv_conf,
-            "host": self.host,
         }
+        if self.host is not None:
+            record["host"] = self.host
+        return record
 
 
 @dataclass(frozen=True, slots=True)

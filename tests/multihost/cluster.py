@@ -26,7 +26,7 @@ from integration.nstools import VENV_PYTHON, Daemon, Namespaces, in_netns, run, 
 PREFIX = "rt8-"
 HUB_ADDRESS = "10.88.0.1"
 CLIENT_PORT = 2379
-LEASE_TTL = 3
+LEASE_TTL = 5
 
 
 class Netns(Namespaces):
@@ -126,7 +126,7 @@ class HostDaemon(Daemon):
             'backend = "etcd"\n'
             f'endpoints = ["{endpoint}"]\n'
             f"lease_ttl = {lease_ttl}\n"
-            "timeout = 1.0\n"
+            "timeout = 2.0\n"
         )
 
     def command(self) -> list[str]:
@@ -143,8 +143,9 @@ class HostDaemon(Daemon):
 class Cluster:
     """etcd plus `hosts` host namespaces, each with a daemon (started by `start_daemons`)."""
 
-    def __init__(self, workdir: Path, hosts: int = 2) -> None:
+    def __init__(self, workdir: Path, hosts: int = 2, log_level: str = "debug") -> None:
         self.workdir = workdir
+        self.log_level = log_level
         self.netns = Netns()
         self.daemons: list[HostDaemon] = []
         self.etcd: Etcd | None = None
@@ -165,7 +166,9 @@ class Cluster:
         self.etcd.start()
         for index, host in enumerate(self.hosts):
             assert self.etcd is not None
-            self.daemons.append(HostDaemon(self.workdir / f"h{index}", host, self.etcd.url))
+            daemon = HostDaemon(self.workdir / f"h{index}", host, self.etcd.url)
+            daemon.log_level = self.log_level
+            self.daemons.append(daemon)
         with ThreadPoolExecutor(len(self.daemons)) as pool:
             list(pool.map(lambda d: d.start(), self.daemons))
         for daemon in self.daemons:
@@ -206,14 +209,21 @@ class Prober:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
 
-    def lookup(self, name: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(name + "\n")
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
+
+    def reply(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line, f"the prober exited with {self.proc.wait()}"
         result: dict[str, Any] = json.loads(line)
         return result
+
+    def lookup(self, name: str) -> dict[str, Any]:
+        self.send(name)
+        return self.reply()
 
     def addresses(self, name: str) -> list[str]:
         result: list[str] = self.lookup(name)["addresses"]
