@@ -46,13 +46,35 @@ def netns_path(name: str) -> str:
     return f"/run/netns/{name}"
 
 
-class Etcd:
-    """etcd in namespace `netns`, data under `workdir`; `stop()` keeps the data for a later `start()`."""
+def make_certificates(directory: Path, address: str) -> Path:
+    """A CA, a server certificate for `address` and a client certificate (ca/server/client .pem/.key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    d = directory
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    self_signed = ["-x509", "-days", "1", "-subj", "/CN=rt8-test-ca", "-keyout", d / "ca.key"]
+    run(["openssl", "req", *key, *self_signed, "-out", d / "ca.pem"], check=True)
+    ca = ["-CA", d / "ca.pem", "-CAkey", d / "ca.key", "-CAcreateserial", "-days", "1"]
+    for name, extension in (
+        ("server", f"subjectAltName=IP:{address}\nextendedKeyUsage=serverAuth,clientAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        (d / f"{name}.ext").write_text(extension + "\n")
+        request = ["-keyout", d / f"{name}.key", "-out", d / f"{name}.csr", "-subj", f"/CN=rt8-{name}"]
+        run(["openssl", "req", *key, *request], check=True)
+        sign = ["-in", d / f"{name}.csr", "-out", d / f"{name}.pem", "-extfile", d / f"{name}.ext"]
+        run(["openssl", "x509", "-req", *ca, *sign], check=True)
+    return directory
 
-    def __init__(self, workdir: Path, netns: str, address: str) -> None:
+
+class Etcd:
+    """etcd in namespace `netns`, data under `workdir`; `stop()` keeps the data for a later `start()`.
+    With `tls` (a `make_certificates` directory) it serves HTTPS and asks clients for a certificate."""
+
+    def __init__(self, workdir: Path, netns: str, address: str, tls: Path | None = None) -> None:
         self.workdir = workdir
         self.netns = netns
-        self.url = f"http://{address}:{CLIENT_PORT}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://{address}:{CLIENT_PORT}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "etcd.log"
 
@@ -71,6 +93,7 @@ class Etcd:
                     f"--listen-peer-urls={peer}",
                     f"--initial-advertise-peer-urls={peer}",
                     f"--initial-cluster=rt8={peer}",
+                    *self._tls_flags(),
                 ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -80,6 +103,16 @@ class Etcd:
         if not wait_until(lambda: self.ctl("endpoint", "health").returncode == 0, timeout, 0.2):
             self.stop()
             raise AssertionError(f"etcd did not become healthy:\n{self.log.read_text(errors='replace')}")
+
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            f"--cert-file={self.tls / 'server.pem'}",
+            f"--key-file={self.tls / 'server.key'}",
+            f"--trusted-ca-file={self.tls / 'ca.pem'}",
+            "--client-cert-auth",
+        ]
 
     def stop(self) -> None:
         if self.proc is None:
@@ -93,11 +126,17 @@ class Etcd:
                 self.proc.wait()
         self.proc = None
 
+    ctl_env = {"ETCDCTL_API": "3", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        ctl = ["etcdctl", f"--endpoints={self.url}", "--command-timeout=3s", *args]
+        ctl = ["etcdctl", f"--endpoints={self.url}", "--command-timeout=3s"]
+        if self.tls is not None:
+            ctl += [f"--cacert={self.tls / 'ca.pem'}", f"--cert={self.tls / 'client.pem'}"]
+            ctl += [f"--key={self.tls / 'client.key'}"]
+        ctl += args
         return run(
             in_netns(netns_path(self.netns), *ctl),
-            env={"ETCDCTL_API": "3", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            env=self.ctl_env,
         )
 
     def revision(self) -> int:
@@ -116,7 +155,9 @@ class Etcd:
 class HostDaemon(Daemon):
     """`resolver serve` inside host namespace `host`, with the etcd backend."""
 
-    def __init__(self, workdir: Path, host: str, etcd_url: str, lease_ttl: int = LEASE_TTL) -> None:
+    def __init__(
+        self, workdir: Path, host: str, etcd_url: str, lease_ttl: int = LEASE_TTL, tls: Path | None = None
+    ) -> None:
         super().__init__(workdir)
         self.host = host
         self.config = workdir / "resolver.toml"
@@ -128,6 +169,10 @@ class HostDaemon(Daemon):
             f"lease_ttl = {lease_ttl}\n"
             "timeout = 2.0\n"
         )
+        if tls is not None:
+            with self.config.open("a") as f:
+                f.write(f'tls_ca = "{tls / "ca.pem"}"\n')
+                f.write(f'tls_cert = "{tls / "client.pem"}"\ntls_key = "{tls / "client.key"}"\n')
 
     def command(self) -> list[str]:
         return in_netns(netns_path(self.host), *super().command(), "--config", str(self.config))
@@ -143,8 +188,9 @@ class HostDaemon(Daemon):
 class Cluster:
     """etcd plus `hosts` host namespaces, each with a daemon (started by `start_daemons`)."""
 
-    def __init__(self, workdir: Path, hosts: int = 2, log_level: str = "debug") -> None:
+    def __init__(self, workdir: Path, hosts: int = 2, log_level: str = "debug", tls: bool = False) -> None:
         self.workdir = workdir
+        self.tls = make_certificates(workdir / "tls", HUB_ADDRESS) if tls else None
         self.log_level = log_level
         self.netns = Netns()
         self.daemons: list[HostDaemon] = []
@@ -162,11 +208,11 @@ class Cluster:
             run(["ip", "-n", host, "link", "set", "lo", "up"], check=True)
             self.hosts.append(host)
         (self.workdir / "etcd").mkdir(parents=True, exist_ok=True)
-        self.etcd = Etcd(self.workdir / "etcd", lan.hub, HUB_ADDRESS)
+        self.etcd = Etcd(self.workdir / "etcd", lan.hub, HUB_ADDRESS, self.tls)
         self.etcd.start()
         for index, host in enumerate(self.hosts):
             assert self.etcd is not None
-            daemon = HostDaemon(self.workdir / f"h{index}", host, self.etcd.url)
+            daemon = HostDaemon(self.workdir / f"h{index}", host, self.etcd.url, tls=self.tls)
             daemon.log_level = self.log_level
             self.daemons.append(daemon)
         with ThreadPoolExecutor(len(self.daemons)) as pool:

@@ -9,6 +9,7 @@ skipped with a reason naming what is missing.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,10 +42,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield from _cluster(tmp_path, tls=False)
+
+
+@pytest.fixture
+def tls_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster whose etcd serves TLS only and requires client certificates."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the TLS multi-host test needs openssl (to make certificates)")
+    yield from _cluster(tmp_path, tls=True)
+
+
+def _cluster(tmp_path: Path, tls: bool) -> Iterator[Cluster]:
     lacking = _lacking()
     if lacking:
         pytest.skip(f"multi-host test needs {', '.join(lacking)}")
-    instance = Cluster(tmp_path)
+    instance = Cluster(tmp_path, tls=tls)
     LIVE.append(instance)
     failures: list[str] = []
     try:

@@ -2,7 +2,8 @@
 share a global network through a real etcd.
 
 - an endpoint joined on host B resolves in a sandbox of host A within one second of the join, and stops
-  resolving within one second of the leave; local networks never reach etcd;
+  resolving within one second of the leave; local networks never reach etcd; etcd may require TLS
+  with client certificates;
 - host B's daemon killed with SIGKILL: its endpoints go from host A after the lease TTL; restarted from
   its state file, it registers them again;
 - etcd stopped for 10 s: names keep resolving on both hosts, joins made meanwhile (also across a daemon
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from integration.nstools import dig, run, wait_until
+from integration.nstools import dig, in_netns, run, wait_until
 
 from .cluster import LEASE_TTL, Cluster, HostDaemon, Prober, netns_path
 
@@ -66,9 +67,7 @@ def test_an_endpoint_joined_on_one_host_resolves_on_the_other_within_a_second(cl
     assert within_bound(lambda: host_a.prober.unknown("charlie"))
     assert host_a.prober.addresses("bravo") == ["10.1.0.3"]
 
-
-def test_local_networks_stay_local(cluster: Cluster) -> None:
-    host_a, host_b = global_network(cluster)
+    # a local network stays on its host: nothing in etcd, unknown to the other host
     host_a.daemon.ok("network", "create", "lnet")
     sandbox = cluster.sandbox()
     host_a.daemon.join("lnet", netns_path(sandbox), "ep-local", "local-only", "--ipv4", "10.2.0.2")
@@ -78,6 +77,19 @@ def test_local_networks_stay_local(cluster: Cluster) -> None:
     assert not [k for k in keys if "lnet" in k], keys
     assert "lnet" not in host_b.daemon.ok("network", "ls")
     assert host_b.prober.unknown("local-only")
+
+
+def test_etcd_over_tls_with_client_certificates(tls_cluster: Cluster) -> None:
+    host_a, host_b = global_network(tls_cluster)
+    assert wait_until(lambda: host_a.prober.addresses("bravo") == ["10.1.0.3"], 10)
+    assert wait_until(lambda: host_b.prober.addresses("alpha") == ["10.1.0.2"], 10)
+    assert tls_cluster.etcd is not None and tls_cluster.etcd.url.startswith("https://")
+    etcd, tls = tls_cluster.etcd, tls_cluster.tls
+    assert tls is not None
+    without_certificate = ["etcdctl", f"--endpoints={etcd.url}", f"--cacert={tls / 'ca.pem'}", "get", "/"]
+    refused = run(in_netns(netns_path(etcd.netns), *without_certificate), env=etcd.ctl_env)
+    assert refused.returncode != 0, refused
+    assert "certificate" in etcd.log.read_text().split("ready to serve client requests")[-1]
 
 
 def test_a_killed_host_loses_its_endpoints_after_the_lease_and_gets_them_back(cluster: Cluster) -> None:
