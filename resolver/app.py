@@ -23,7 +23,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -51,7 +51,6 @@ PROBE_QUERY_NAME = b"\x07version\x04bind\x00"
 CLASS_CH = 3
 TXT = 16
 REDIRECT_PROBES_AT_ONCE = 32
-REMOTE_SAVE_DELAY = 1.0
 
 
 class AttachError(Exception):
@@ -76,6 +75,23 @@ def _udp_client() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     return sock
+
+
+def _listeners_and_client(address: str, port: int) -> tuple[ns.Listeners, socket.socket]:
+    """The sandbox's listeners and a client socket for the join probe, in one trip into it."""
+    listeners = ns.open_listeners(address, port)
+    try:
+        return listeners, _udp_client()
+    except BaseException:
+        listeners.close()
+        raise
+
+
+def _close_orphaned(future: asyncio.Future[tuple[ns.Listeners, socket.socket]]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        listeners, client = future.result()
+        listeners.close()
+        client.close()
 
 
 class Daemon:
@@ -105,7 +121,6 @@ class Daemon:
         self.host_text: str | None = None
         self._host_stamp: tuple | None = None
         self.lock = asyncio.Lock()
-        self._save_pending: asyncio.TimerHandle | None = None
         self.started = time.time()
         self.stopping = asyncio.Event()
         self.metrics.gauges.update(
@@ -144,8 +159,6 @@ class Daemon:
 
     async def shutdown(self) -> None:
         await self.backend.close()
-        if self._save_pending is not None:
-            self._save()
         async with self.lock:
             for netns in list(self.sites):
                 await self._detach(netns, restore=self.settings.restore_resolv_conf_on_exit, keep_record=True)
@@ -200,21 +213,34 @@ class Daemon:
         return self.views.view(self.registry.state, netns, self.host_servers)
 
     def _refresh_views(self, change: m.Change | None = None) -> None:
-        if change is not None:
-            self.views.invalidate(change.touched_networks)
-        for netns, site in self.sites.items():
-            site.view = self.view(netns)
+        """Make every site whose names or upstreams changed forget its view (all of them without a
+        change); each builds its new view on its next query."""
+        if change is None:
+            for site in self.sites.values():
+                site.forget_view()
+            return
+        self.views.apply(change)
+        networks = set(change.touched_networks)
+        for netns in change.touched_sandboxes:
+            if netns in self.sites:
+                self.sites[netns].forget_view()
+        for site in self.sites.values():
+            if site.holds_view_of(networks):
+                site.forget_view()
 
     def _apply(self, event: m.Event) -> m.Change:
         change = self.registry.apply(event)
         self._refresh_views(change)
         return change
 
-    def _save(self) -> None:
-        if self._save_pending is not None:
-            self._save_pending.cancel()
-            self._save_pending = None
-        self.store.save(self.registry.state, self.records)
+    async def _save(self, dirty: Iterable[str] | None = None) -> None:
+        """Persist the change just made (`dirty`: the sandboxes whose records it may have changed;
+        None: any). The diff is taken here, in order; the disk write runs off the loop."""
+        prepared = self.store.prepare(self.registry.state, self.records, dirty)
+        if self.store.needs_sync(prepared):
+            await asyncio.to_thread(self.store.write, prepared)
+        else:
+            self.store.write(prepared)
         self.backend.local_changed()
 
     # ---- the shared registry (global networks; see resolver/backends) ----------------------------------
@@ -228,34 +254,20 @@ class Daemon:
         return self.registry.state
 
     async def apply_remote(self, plan: Callable[[m.State], Sequence[m.Event]]) -> list[str]:
-        """Apply other hosts' records; a refused one is reported (and retried by the backend)."""
+        """Apply other hosts' records; a refused record is reported (the backend retries it). They are
+        saved too, as the last known state of the shared registry."""
         refused: list[str] = []
         async with self.lock:
-            touched: set[str] = set()
+            applied = 0
             for event in plan(self.registry.state):
                 try:
-                    touched.update(self.registry.apply(event).touched_networks)
+                    self._apply(event)
+                    applied += 1
                 except RegistryError as exc:
                     refused.append(f"{type(event).__name__} {exc.message}")
-            if touched:
-                self.views.invalidate(touched)
-                self._refresh_views()
-                self._save_soon()
+            if applied:
+                await self._save(dirty=())
         return refused
-
-    def _save_soon(self) -> None:
-        """Persist other hosts' records within REMOTE_SAVE_DELAY, coalesced: they are the last known state
-        of the shared registry, not acknowledged changes, and an fsync per watch event would hold up
-        answers."""
-        if self._save_pending is None:
-            self._save_pending = asyncio.get_running_loop().call_later(REMOTE_SAVE_DELAY, self._save_deferred)
-
-    def _save_deferred(self) -> None:
-        self._save_pending = None
-        if not self.lock.locked():
-            self._save()
-        else:
-            self._save_soon()
 
     # ---- attach / detach -----------------------------------------------------------------------------
 
@@ -263,35 +275,52 @@ class Daemon:
         assert self.worker is not None
         return await self.worker.arun_in(netns, fn, *args)
 
-    async def _attach(self, netns: str, explicit_resolv_conf: str | None) -> None:
+    async def _attach(self, netns: str, explicit_resolv_conf: str | None, rewrite: bool = True) -> None:
+        """Serve DNS inside `netns`; `rewrite` false leaves its resolv.conf alone (the runtime owns it)."""
         assert self.worker is not None
         settings = self.settings
         port = 53 if settings.listen_mode == "direct" else 0
+        opening = asyncio.ensure_future(
+            self.worker.arun_in(netns, _listeners_and_client, settings.listen_address, port)
+        )
         try:
-            listeners = await ns.aopen_listeners_in(self.worker, netns, settings.listen_address, port)
+            listeners, client = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_orphaned)
+            raise
         except (ns.NamespaceError, OSError) as exc:
             raise AttachError(
                 f"cannot listen on {settings.listen_address}:{port} in {netns}: {exc}"
             ) from None
-        site = Site(netns, self.view(netns), listeners, self.dispatcher, settings)
-        await site.start(self.metrics.fast)
-        self.sites[netns] = site
-        self.records.setdefault(netns, SandboxRecord()).identity = ns.netns_identity(netns)
+        site = Site(netns, self.view, listeners, self.dispatcher, settings)
         try:
-            if settings.listen_mode == "redirect":
-                await asyncio.to_thread(
-                    redirect.install_redirect, netns, settings.listen_address, listeners.port
-                )
-            if not await self._probe(netns, settings.join_timeout):
-                raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
-            await self._rewrite_resolv_conf(netns, explicit_resolv_conf)
+            await site.start(self.metrics.fast)
+        except BaseException:
+            client.close()
+            listeners.close()
+            raise
+        self.sites[netns] = site
+        record = self.records.setdefault(netns, SandboxRecord())
+        record.identity, record.keep_resolv_conf = ns.netns_identity(netns), not rewrite
+        try:
+            with contextlib.closing(client):
+                if settings.listen_mode == "redirect":
+                    await asyncio.to_thread(
+                        redirect.install_redirect, netns, settings.listen_address, listeners.port
+                    )
+                if not await self._probe(netns, settings.join_timeout, client):
+                    raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
+            if rewrite:
+                self._rewrite_resolv_conf(netns, explicit_resolv_conf)
         except Exception as exc:
             await self._detach(netns, restore=True)
             if isinstance(exc, AttachError):
                 raise
             raise AttachError(f"cannot set up DNS in {netns}: {exc}") from None
 
-    async def _rewrite_resolv_conf(self, netns: str, explicit: str | None) -> None:
+    def _rewrite_resolv_conf(self, netns: str, explicit: str | None) -> None:
+        """Point the sandbox's resolv.conf at us. On the loop: a small regular file, no fsync, and the
+        file checks refuse FIFOs and devices, so it cannot block."""
         record = self.records[netns]
         try:
             path = resolvfile.resolv_conf_path_for(netns, explicit or record.resolv_conf)
@@ -302,8 +331,8 @@ class Daemon:
             return
         previous = resolvfile.Rewrite.from_dict(record.rewrite) if record.rewrite else None
         try:
-            rewrite, servers = await asyncio.to_thread(
-                resolvfile.rewrite, path, self.settings.listen_address, self.host_text, previous=previous
+            rewrite, servers = resolvfile.rewrite(
+                path, self.settings.listen_address, self.host_text, previous=previous
             )
         except FileNotFoundError:
             if explicit:
@@ -334,11 +363,13 @@ class Daemon:
             except OSError as exc:
                 log.warning("could not restore resolv.conf of %s: %s", netns, exc)
 
-    async def _probe(self, netns: str, timeout: float) -> bool:
-        """True once a query sent from inside the sandbox to 127.0.0.11:53 gets an answer."""
+    async def _probe(self, netns: str, timeout: float, sock: socket.socket | None = None) -> bool:
+        """True once a query sent from inside the sandbox to 127.0.0.11:53 gets an answer; `sock`, a
+        client socket made in the sandbox, is used (and closed) when given."""
         assert self.worker is not None
         loop = asyncio.get_running_loop()
-        sock = await self.worker.arun_in(netns, _udp_client)
+        if sock is None:
+            sock = await self.worker.arun_in(netns, _udp_client)
         deadline = loop.time() + timeout
         with contextlib.closing(sock):
             sock.connect((self.settings.listen_address, 53))  # UDP: sets the peer, no handshake
@@ -368,12 +399,13 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 continue
             try:
-                await self._attach(netns, self.records.get(netns, SandboxRecord()).resolv_conf)
+                record = self.records.get(netns, SandboxRecord())
+                await self._attach(netns, record.resolv_conf, rewrite=not record.keep_resolv_conf)
                 log.info("re-attached sandbox %s", netns)
             except AttachError as exc:
                 log.error("could not re-attach %s: %s; dropping it", netns, exc)
                 await self._forget(netns, restore=False)
-        self._save()
+        await self._save()
 
     async def _forget(self, netns: str, restore: bool) -> None:
         self._apply(m.RemoveSandbox(netns))
@@ -409,7 +441,7 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 changed = True
         if changed:
-            self._save()
+            await self._save()
 
     async def _check_redirects(self) -> None:
         """Probe every sandbox through its redirect rule, concurrently and outside the change lock;
@@ -444,27 +476,27 @@ class Daemon:
         async with self.lock:
             await self._publish(event)
             self._apply(event)
-            self._save()
+            await self._save()
             return self.registry.state.networks[event.name]
 
     async def remove_network(self, name: str) -> None:
         async with self.lock:
             await self._publish(m.RemoveNetwork(name))
             self._apply(m.RemoveNetwork(name))
-            self._save()
+            await self._save()
 
     async def create_service(self, event: m.CreateService) -> m.Service:
         async with self.lock:
             await self._publish(event)
             self._apply(event)
-            self._save()
+            await self._save()
             return self.registry.state.services[(event.network, event.name)]
 
     async def remove_service(self, network: str, name: str) -> None:
         async with self.lock:
             await self._publish(m.RemoveService(network, name))
             self._apply(m.RemoveService(network, name))
-            self._save()
+            await self._save()
 
     async def join(self, event: m.JoinEndpoint) -> m.Endpoint:
         async with self.lock:
@@ -479,11 +511,11 @@ class Daemon:
             change = self._apply(event)
             if change.added_sandboxes:
                 try:
-                    await self._attach(netns, event.resolv_conf)
+                    await self._attach(netns, event.resolv_conf, rewrite=event.rewrite_resolv_conf)
                 except AttachError:
                     self._apply(m.LeaveEndpoint(event.endpoint, event.network))
                     raise
-            self._save()
+            await self._save(dirty=(netns,))
             return self.registry.state.endpoints[(event.network, event.endpoint)]
 
     def _check_resolv_conf_matches(self, netns: str, path: str | None) -> None:
@@ -498,7 +530,7 @@ class Daemon:
             change = self._apply(m.LeaveEndpoint(endpoint, found.network))
             for sandbox in change.removed_sandboxes:
                 await self._detach(sandbox.netns, restore=True)
-            self._save()
+            await self._save(dirty=())
             return found
 
     def _find_endpoint(self, endpoint: str, network: str | None) -> m.Endpoint:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 from dnscases import cid
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resolver.registry.errors import Conflict, InvalidValue, NotFound, RegistryError
 from resolver.registry.model import (
@@ -409,3 +411,85 @@ def test_views_cache_follows_invalidation_and_old_views_stay() -> None:
     assert wire_key("late") in new.table.names
     assert wire_key("late") not in old.table.names, "a view held by a query never changes"
     assert cache.view(registry.state, B).table is new.table, "tables are shared until invalidated"
+
+
+# ---- incremental views: a join extends its network's table; the result equals a fresh build --------------
+
+_NAMES = ["web", "db", "api", "svc", "test", "corp"]
+_SANDBOXES = [A, B, C]
+
+
+@st.composite
+def _event_sequences(draw: st.DrawFn) -> list[Event]:
+    """Joins (some into services, some named like a service or the domain), leaves and service changes."""
+    events: list[Event] = [CreateNetwork("alpha", domain="corp"), CreateNetwork("beta")]
+    for index in range(draw(st.integers(1, 14))):
+        kind = draw(st.sampled_from(["join", "join", "join", "leave", "service", "unservice"]))
+        network = draw(st.sampled_from(["alpha", "beta"]))
+        if kind == "join":
+            events.append(
+                JoinEndpoint(
+                    network,
+                    draw(st.sampled_from(_SANDBOXES)),
+                    f"ep{index}",
+                    draw(st.sampled_from(_NAMES)),
+                    aliases=tuple(draw(st.lists(st.sampled_from(_NAMES), max_size=2))),
+                    ipv4=(f"10.9.{index}.1",),
+                    ipv6=(f"fd00::{index + 1:x}",) if draw(st.booleans()) else (),
+                    service=draw(st.sampled_from([None, None, "svc"])),
+                    ports=("http:tcp:80",) if draw(st.booleans()) else (),
+                )
+            )
+        elif kind == "leave":
+            events.append(LeaveEndpoint(f"ep{draw(st.integers(0, index))}", network))
+        elif kind == "service":
+            events.append(CreateService(network, "svc", ("10.200.0.1",), "vip"))
+        else:
+            events.append(RemoveService(network, "svc"))
+    return events
+
+
+def _addresses_in_use(state: State) -> dict[str, dict[str, str]]:
+    """The address index recomputed from scratch: endpoints' addresses and services' VIPs per network."""
+    used: dict[str, dict[str, str]] = {}
+    for ep in state.endpoints.values():
+        for address in (*ep.ipv4, *ep.ipv6):
+            used.setdefault(ep.network, {})[str(address)] = f"endpoint {ep.id!r}"
+    for svc in state.services.values():
+        for vip in svc.vips:
+            used.setdefault(svc.network, {})[str(vip)] = f"service {svc.name!r} (VIP)"
+    return used
+
+
+@settings(max_examples=300, deadline=None)
+@given(_event_sequences())
+def test_incremental_views_equal_a_fresh_build(events: list[Event]) -> None:
+    registry, cache = Registry(), Views()
+    held = []
+    for event in events:
+        try:
+            change = registry.apply(event)
+        except RegistryError:
+            continue
+        cache.apply(change)
+        assert _addresses_in_use(registry.state) == {
+            k: dict(v) for k, v in registry.state.addresses.items() if v
+        }
+        for netns in _SANDBOXES:
+            view = cache.view(registry.state, netns)
+            fresh = build_view(registry.state, netns)
+            assert dict(view.table.names) == dict(fresh.table.names), f"after {event}"
+            held.append((view, {k: repr(v) for k, v in view.table.names.items()}))
+    for view, snapshot in held:
+        assert {k: repr(v) for k, v in view.table.names.items()} == snapshot, "published tables never change"
+
+
+def test_plain_join_extends_instead_of_rebuilding() -> None:
+    registry = registry_of(base_events())
+    cache = Views()
+    before = cache.view(registry.state, B).table
+    cache.apply(registry.apply(JoinEndpoint("alpha", C, "late", "late", ipv4=("10.1.0.77",))))
+    after = cache.view(registry.state, B).table
+    shared = [k for k in before.names if k in after.names and before.names[k] is after.names[k]]
+    assert wire_key("late") in after.names and wire_key("late") not in before.names
+    assert shared, "untouched names are shared with the previous table, not rebuilt"

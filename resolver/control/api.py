@@ -22,7 +22,7 @@ from aiohttp import web
 
 from resolver.app import AttachError
 from resolver.control import inspect, schema
-from resolver.registry.errors import InvalidValue, RegistryError
+from resolver.registry.errors import RegistryError
 
 if TYPE_CHECKING:
     from resolver.app import Daemon
@@ -67,10 +67,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _body(request: web.Request) -> Any:
-    try:
-        return await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidValue("the request body is not valid JSON") from None
+    return schema.decode_body(await request.read())
 
 
 class ControlServer:

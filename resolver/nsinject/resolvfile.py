@@ -4,7 +4,8 @@ This module owns every read and write of a sandbox's ``resolv.conf``. Rules it k
 
 * Written in place, never replaced: the file is often a bind mount, which pins the inode, so a rename
   would leave the sandbox looking at the old file. The same descriptor that read the file writes it
-  (rewind, write, truncate to the new length, fsync).
+  (rewind, write, truncate to the new length). No fsync: the file serves a live namespace, which a
+  machine crash ends anyway, and a daemon crash loses nothing the kernel already holds.
 * Only regular files are touched. The final component is opened with ``O_NOFOLLOW`` and ``O_NONBLOCK``
   (a FIFO cannot hang the daemon), and the descriptor must be a regular file (a device node cannot be
   written to). Under ``/proc/PID/root/`` the sandbox controls the tree, so every component below the
@@ -186,13 +187,12 @@ def _read_fd(fd: int, path: str) -> bytes:
 
 
 def _write_fd(fd: int, data: bytes) -> None:
-    """Replace the contents of the open file in place (same inode): rewind, write, truncate, fsync."""
+    """Replace the contents of the open file in place (same inode): rewind, write, truncate."""
     os.lseek(fd, 0, os.SEEK_SET)
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
     os.ftruncate(fd, len(data))
-    os.fsync(fd)
 
 
 def _read(path: str) -> bytes | None:

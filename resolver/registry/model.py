@@ -171,6 +171,8 @@ class State:
     endpoints: Mapping[EndpointKey, Endpoint] = field(default_factory=_frozen)
     services: Mapping[tuple[str, str], Service] = field(default_factory=_frozen)
     sandboxes: Mapping[str, Sandbox] = field(default_factory=_frozen)
+    addresses: Mapping[str, Mapping[str, str]] = field(default_factory=_frozen)
+    """Per network, every address in use (endpoint addresses and service VIPs) and its owner."""
 
 
 # ---- events -------------------------------------------------------------------------------------------
@@ -205,6 +207,7 @@ class JoinEndpoint:
     ports: tuple[str, ...] = ()
     upstreams: tuple[str, ...] = ()
     resolv_conf: str | None = None
+    rewrite_resolv_conf: bool = True  # false: serve the sandbox but leave its resolv.conf alone
     host: str | None = None
 
 
@@ -263,3 +266,7 @@ class Change:
     added_sandboxes: tuple[str, ...] = ()
     removed_sandboxes: tuple[Sandbox, ...] = ()
     touched_networks: tuple[str, ...] = ()
+    touched_sandboxes: tuple[str, ...] = ()
+    """Sandboxes whose own record changed (endpoints or upstreams), beyond what the networks say."""
+    joined: Endpoint | None = None
+    """The endpoint a join added, so views can extend a table instead of rebuilding it."""

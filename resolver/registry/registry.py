@@ -95,23 +95,27 @@ def parse_port(text: str) -> NamedPort:
     names.check_label(name, "port name")
     if proto.lower() not in ("tcp", "udp"):
         raise InvalidValue(f"port {text!r}: protocol must be tcp or udp")
-    if not number.isdigit() or not 0 < int(number) < 65536:
+    if not (number.isascii() and number.isdigit() and len(number) <= 5) or not 0 < int(number) < 65536:
         raise InvalidValue(f"port {text!r}: number must be 1-65535")
     return NamedPort(name, proto.lower(), int(number))  # type: ignore[arg-type]
 
 
-def _network_addresses(state: State, network: str) -> dict[str, str]:
+def _network_addresses(state: State, network: str) -> Mapping[str, str]:
     """Every address in use on `network`, mapped to a description of its owner."""
-    used: dict[str, str] = {}
-    for ep in state.endpoints.values():
-        if ep.network == network:
-            for address in (*ep.ipv4, *ep.ipv6):
-                used[str(address)] = f"endpoint {ep.id!r}"
-    for svc in state.services.values():
-        if svc.network == network:
-            for vip in svc.vips:
-                used[str(vip)] = f"service {svc.name!r} (VIP)"
-    return used
+    return state.addresses.get(network, MappingProxyType({}))
+
+
+def _with_addresses(
+    state: State, network: str, owner: str | None, addresses: Iterable[object]
+) -> Mapping[str, Mapping[str, str]]:
+    """`state.addresses` with `addresses` given to `owner` on `network` (freed when `owner` is None)."""
+    used = dict(_network_addresses(state, network))
+    for address in addresses:
+        if owner is None:
+            used.pop(str(address), None)
+        else:
+            used[str(address)] = owner
+    return _with(state.addresses, network, MappingProxyType(used))
 
 
 def _check_free(state: State, network: str, addresses: Iterable[object]) -> None:
@@ -155,7 +159,12 @@ def _remove_network(state: State, ev: RemoveNetwork) -> Change:
     if members:
         raise Conflict(f"network {ev.name!r} still has endpoints: {', '.join(members)}; leave them first")
     services = MappingProxyType({k: v for k, v in state.services.items() if v.network != ev.name})
-    new = replace(state, networks=_with(state.networks, ev.name, None), services=services)
+    new = replace(
+        state,
+        networks=_with(state.networks, ev.name, None),
+        services=services,
+        addresses=_with(state.addresses, ev.name, None),
+    )
     return Change(new, touched_networks=(ev.name,))
 
 
@@ -189,9 +198,12 @@ def _build_endpoint(state: State, ev: JoinEndpoint) -> Endpoint:
 def _join(state: State, ev: JoinEndpoint) -> Change:
     endpoint = _build_endpoint(state, ev)
     key = (endpoint.network, endpoint.id)
-    if endpoint.host is not None:
-        new = replace(state, endpoints=_with(state.endpoints, key, endpoint))
-        return Change(new, touched_networks=(endpoint.network,))
+    addresses = _with_addresses(
+        state, endpoint.network, f"endpoint {endpoint.id!r}", (*endpoint.ipv4, *endpoint.ipv6)
+    )
+    if endpoint.host is not None:  # joined on another host: no sandbox here
+        new = replace(state, endpoints=_with(state.endpoints, key, endpoint), addresses=addresses)
+        return Change(new, touched_networks=(endpoint.network,), joined=endpoint)
     sandbox = state.sandboxes.get(endpoint.sandbox)
     added = () if sandbox is not None else (endpoint.sandbox,)
     sandbox = sandbox or Sandbox(netns=endpoint.sandbox)
@@ -200,8 +212,15 @@ def _join(state: State, ev: JoinEndpoint) -> Change:
         state,
         endpoints=_with(state.endpoints, key, endpoint),
         sandboxes=_with(state.sandboxes, sandbox.netns, sandbox),
+        addresses=addresses,
     )
-    return Change(new, added_sandboxes=added, touched_networks=(endpoint.network,))
+    return Change(
+        new,
+        added_sandboxes=added,
+        touched_networks=(endpoint.network,),
+        touched_sandboxes=(sandbox.netns,),
+        joined=endpoint,
+    )
 
 
 def find_endpoint(state: State, endpoint_id: str, network: str | None = None) -> Endpoint:
@@ -226,11 +245,14 @@ def _drop_endpoints(state: State, keys: Iterable[tuple[str, str]]) -> Change:
     sandboxes = dict(state.sandboxes)
     removed: list[Sandbox] = []
     touched: list[str] = []
-    for key in keys:
+    left: list[str] = []
+    keys_list = list(keys)
+    for key in keys_list:
         endpoint = endpoints.pop(key)
         touched.append(endpoint.network)
         if endpoint.host is not None:
             continue
+        left.append(endpoint.sandbox)
         sandbox = sandboxes[endpoint.sandbox]
         remaining = tuple(k for k in sandbox.endpoints if k != key)
         if remaining:
@@ -238,7 +260,15 @@ def _drop_endpoints(state: State, keys: Iterable[tuple[str, str]]) -> Change:
         else:
             removed.append(sandboxes.pop(sandbox.netns))
     new = replace(state, endpoints=MappingProxyType(endpoints), sandboxes=MappingProxyType(sandboxes))
-    return Change(new, removed_sandboxes=tuple(removed), touched_networks=tuple(dict.fromkeys(touched)))
+    for key in keys_list:
+        gone = state.endpoints[key]
+        new = replace(new, addresses=_with_addresses(new, gone.network, None, (*gone.ipv4, *gone.ipv6)))
+    return Change(
+        new,
+        removed_sandboxes=tuple(removed),
+        touched_networks=tuple(dict.fromkeys(touched)),
+        touched_sandboxes=tuple(dict.fromkeys(left)),
+    )
 
 
 def _leave(state: State, ev: LeaveEndpoint) -> Change:
@@ -263,15 +293,24 @@ def _create_service(state: State, ev: CreateService) -> Change:
     vips = tuple(dict.fromkeys(names.check_ip(v) for v in ev.vips))
     _check_free(state, ev.network, vips)
     service = Service(network=ev.network, name=ev.name, vips=vips, mode=ev.mode)  # type: ignore[arg-type]
-    new = replace(state, services=_with(state.services, (ev.network, ev.name), service))
+    new = replace(
+        state,
+        services=_with(state.services, (ev.network, ev.name), service),
+        addresses=_with_addresses(state, ev.network, f"service {ev.name!r} (VIP)", vips),
+    )
     return Change(new, touched_networks=(ev.network,))
 
 
 def _remove_service(state: State, ev: RemoveService) -> Change:
     _require_network(state, ev.network)
-    if (ev.network, ev.name) not in state.services:
+    service = state.services.get((ev.network, ev.name))
+    if service is None:
         raise NotFound(f"service {ev.name!r} does not exist on network {ev.network!r}")
-    new = replace(state, services=_with(state.services, (ev.network, ev.name), None))
+    new = replace(
+        state,
+        services=_with(state.services, (ev.network, ev.name), None),
+        addresses=_with_addresses(state, ev.network, None, service.vips),
+    )
     return Change(new, touched_networks=(ev.network,))
 
 
@@ -281,7 +320,8 @@ def _set_upstreams(state: State, ev: SetSandboxUpstreams) -> Change:
         raise NotFound(f"sandbox {ev.sandbox!r} is not known")
     servers = _check_servers(ev.upstreams)
     sandbox = replace(sandbox, original_upstreams=servers)
-    return Change(replace(state, sandboxes=_with(state.sandboxes, sandbox.netns, sandbox)))
+    new = replace(state, sandboxes=_with(state.sandboxes, sandbox.netns, sandbox))
+    return Change(new, touched_sandboxes=(sandbox.netns,))
 
 
 _HANDLERS: dict[type, Callable[[State, Any], Change]] = {

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from resolver.registry.model import Endpoint, Network, Service, State, Upstream
+from resolver.registry.model import Change, Endpoint, Network, Service, State, Upstream
 from resolver.registry.names import IPAddress, reverse_key, wire_key
 
 RESOLVER_ADDRESS = "127.0.0.11"
@@ -97,10 +97,17 @@ class View:
 
 
 class _TableBuilder:
-    def __init__(self, network: Network) -> None:
+    """Fills one network's names. Starting from a published table, it copies a `NameData` before its
+    first change (copy on write), so tables that views already hold never change under them."""
+
+    def __init__(self, network: Network, names: dict[bytes, NameData] | None = None) -> None:
         self.network = network
         self.suffix = network.domain or network.name
-        self.names: dict[bytes, NameData] = {}
+        self.names: dict[bytes, NameData] = {} if names is None else dict(names)
+        self.owned: set[bytes] = set()
+        self.written: set[bytes] = set()
+        self.from_services: set[bytes] = set()
+        """Keys that services and the apex fill; a later endpoint touching one forces a rebuild."""
         self.local_zone = Zone(network.name, network.ttl, authoritative=False)
         self.domain_zone = Zone(network.domain, network.ttl, True) if network.domain else None
 
@@ -114,11 +121,23 @@ class _TableBuilder:
         if self.domain_zone:
             forms.append(((name, self.network.domain or ""), self.domain_zone))
         for parts, zone in forms:
-            key = wire_key(*parts)
-            data = self.names.get(key)
-            if data is None:
-                data = self.names[key] = NameData(zone=zone)
-            yield data
+            yield self._writable(wire_key(*parts), zone)
+
+    def _writable(self, key: bytes, zone: Zone) -> NameData:
+        self.written.add(key)
+        data = self.names.get(key)
+        if data is None:
+            data = NameData(zone=zone)
+        elif key not in self.owned:
+            data = NameData(data.zone, list(data.ipv4), list(data.ipv6), data.ptr, list(data.srv), data.apex)
+        else:
+            return data
+        self.names[key] = data
+        self.owned.add(key)
+        return data
+
+    def touched_service_names(self) -> bool:
+        return not self.written.isdisjoint(self.from_services)
 
     def add_endpoint(self, ep: Endpoint) -> None:
         for name in ep.dns_names():
@@ -129,6 +148,7 @@ class _TableBuilder:
             key = reverse_key(address)
             if key not in self.names:
                 self.names[key] = NameData(zone=self.local_zone, ptr=self.qualified(ep.name))
+                self.owned.add(key)
         for port in ep.ports:
             for name in ep.dns_names():
                 self.add_srv(f"_{port.name}._{port.protocol}.{name}", ep, port.number)
@@ -139,6 +159,11 @@ class _TableBuilder:
             data.srv.append(target)
 
     def add_service(self, name: str, service: Service | None, tasks: list[Endpoint]) -> None:
+        self.written = set()
+        self._add_service(name, service, tasks)
+        self.from_services |= self.written
+
+    def _add_service(self, name: str, service: Service | None, tasks: list[Endpoint]) -> None:
         task_v4 = [a for t in tasks for a in t.ipv4]
         task_v6 = [a for t in tasks for a in t.ipv6]
         for data in self.entries(f"tasks.{name}"):
@@ -158,11 +183,16 @@ class _TableBuilder:
     def add_apex(self) -> None:
         if self.network.domain and self.domain_zone:
             key = wire_key(self.network.domain)
-            self.names.setdefault(key, NameData(zone=self.domain_zone)).apex = True
+            self._writable(key, self.domain_zone).apex = True
+            self.from_services.add(key)
 
 
 def build_network_names(state: State, network: Network) -> dict[bytes, NameData]:
     """All names one network defines, keyed by lower-cased wire name."""
+    return _build_network(state, network).names
+
+
+def _build_network(state: State, network: Network) -> _TableBuilder:
     builder = _TableBuilder(network)
     members = [ep for ep in state.endpoints.values() if ep.network == network.name]
     for ep in members:
@@ -173,15 +203,14 @@ def build_network_names(state: State, network: Network) -> dict[bytes, NameData]
         tasks = [ep for ep in members if ep.service == name]
         builder.add_service(name, services.get(name), tasks)
     builder.add_apex()
-    return builder.names
+    return builder
 
 
 def merge_tables(networks: tuple[Network, ...], per_network: Sequence[Mapping[bytes, NameData]]) -> NameTable:
     """Union of the networks' names; the first network (in sandbox order) wins a shared name."""
     names: dict[bytes, NameData] = {}
-    for table in per_network:
-        for key, data in table.items():
-            names.setdefault(key, data)
+    for table in reversed(per_network):
+        names.update(table)
     domains = tuple(
         (wire_key(n.domain), Zone(n.domain, n.ttl, True)) for n in networks if n.domain is not None
     )
@@ -220,13 +249,37 @@ class Views:
 
     def __init__(self) -> None:
         self._network_names: dict[str, dict[bytes, NameData]] = {}
+        self._service_keys: dict[str, set[bytes]] = {}
         self._tables: dict[tuple[str, ...], NameTable] = {}
+
+    def apply(self, change: Change) -> None:
+        """Bring the cache up to `change`: a plain join extends its network's names (O(its names)),
+        anything else drops what it touched, to be rebuilt on the next read."""
+        joined = change.joined
+        if joined is None or not self._extend(change.state, joined):
+            self.invalidate(change.touched_networks)
+
+    def _extend(self, state: State, endpoint: Endpoint) -> bool:
+        names = self._network_names.get(endpoint.network)
+        if names is None or endpoint.service is not None:
+            return False
+        builder = _TableBuilder(state.networks[endpoint.network], names)
+        builder.from_services = self._service_keys[endpoint.network]
+        builder.add_endpoint(endpoint)
+        if builder.touched_service_names():
+            return False
+        self._network_names[endpoint.network] = builder.names
+        self._drop_tables({endpoint.network})
+        return True
 
     def invalidate(self, networks: Iterable[str]) -> None:
         touched = set(networks)
         for name in touched:
             self._network_names.pop(name, None)
-        for combo in [c for c in self._tables if touched.intersection(c)]:
+        self._drop_tables(touched)
+
+    def _drop_tables(self, networks: set[str]) -> None:
+        for combo in [c for c in self._tables if networks.intersection(c)]:
             del self._tables[combo]
 
     def table(self, state: State, network_names: tuple[str, ...]) -> NameTable:
@@ -240,7 +293,9 @@ class Views:
     def _names_of(self, state: State, network: Network) -> dict[bytes, NameData]:
         names = self._network_names.get(network.name)
         if names is None:
-            names = self._network_names[network.name] = build_network_names(state, network)
+            builder = _build_network(state, network)
+            names = self._network_names[network.name] = builder.names
+            self._service_keys[network.name] = builder.from_services
         return names
 
     def view(self, state: State, netns: str, host_servers: tuple[str, ...] = ()) -> View:

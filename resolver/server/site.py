@@ -1,14 +1,17 @@
 """A site: one sandbox's listening sockets served on the loop (the aiohttp Site idea).
 
 Rules: a site serves from the moment `start` returns; `view` is swapped whole when the registry
-changes; `close` stops accepting, lets in-flight queries finish up to a timeout, and closes the
-sockets (an open socket keeps a deleted namespace alive).
+changes, lazily: a change only makes the site forget its view, and the next query builds the new one
+(so a join costs the same whatever the number of sandboxes); `close` stops accepting, lets in-flight
+queries finish up to a timeout, and closes the sockets (an open socket keeps a deleted namespace alive).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from resolver.config import Settings
@@ -22,7 +25,8 @@ from resolver.server.metrics import FastCounts
 @dataclass(eq=False)
 class Site:
     sandbox: str
-    view: View
+    current_view: Callable[[str], View]
+    """Builds this sandbox's view from the registry; called when `view` was forgotten."""
     listeners: Listeners
     dispatcher: Dispatcher
     settings: Settings
@@ -30,6 +34,20 @@ class Site:
     tcp_connections: int = 0
     udp_transport: asyncio.DatagramTransport | None = None
     tcp_server: asyncio.base_events.Server | None = None
+
+    @functools.cached_property
+    def view(self) -> View:
+        """The sandbox's view, built on first use after `forget_view`. Once built it is a plain
+        instance attribute, so the hot path reads it at the cost of a dict lookup."""
+        return self.current_view(self.sandbox)
+
+    def forget_view(self) -> None:
+        self.__dict__.pop("view", None)
+
+    def holds_view_of(self, networks: set[str]) -> bool:
+        """Whether the view it holds (if any) shows one of `networks`."""
+        view = self.__dict__.get("view")
+        return view is not None and not networks.isdisjoint(view.table.networks)
 
     async def start(self, fast_counts: FastCounts) -> None:
         loop = asyncio.get_running_loop()
