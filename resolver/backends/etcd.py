@@ -148,7 +148,9 @@ class EtcdBackend:
             key = self.layout.service_key(event.network, event.name)
             await self._create(key, _service_value(event, state))
         elif isinstance(event, m.RemoveService) and _is_global(state, event.network):
-            await self._call(lambda c: c.delete(self.layout.service_key(event.network, event.name).encode()))
+            key = self.layout.service_key(event.network, event.name)
+            await self._call(lambda c: c.delete(key.encode()))
+            self.mirror.pop(key, None)
 
     # ---- changes of global networks and services ------------------------------------------------------
 
@@ -174,6 +176,7 @@ class EtcdBackend:
 
         created, responses = await self._call(txn)
         if created:
+            self.mirror[key] = value  # before the watch says so: a full plan meanwhile must not undo it
             return
         existing = responses[0][0][0] if responses and responses[0] else None
         if existing != value:
@@ -200,6 +203,10 @@ class EtcdBackend:
             )
 
         await self._call(txn)
+        self.mirror.pop(self.layout.network_key(name), None)
+        services = self.layout.service_key(name, "")
+        for stale in [k for k in self.mirror if k.startswith(services)]:
+            del self.mirror[stale]
 
     # ---- sessions -------------------------------------------------------------------------------------
 

@@ -79,10 +79,31 @@ def test_an_endpoint_joined_on_one_host_resolves_on_the_other_within_a_second(cl
     assert host_b.prober.unknown("local-only")
 
 
-def test_etcd_over_tls_with_client_certificates(tls_cluster: Cluster) -> None:
+def services_of(daemon: HostDaemon, network: str) -> list[str] | None:
+    listing = {n["name"]: n["services"] for n in daemon.json("network", "ls")}
+    return listing.get(network)
+
+
+def test_etcd_over_tls_and_the_life_of_a_global_network(tls_cluster: Cluster) -> None:
     host_a, host_b = global_network(tls_cluster)
+    a, b = host_a.daemon, host_b.daemon
     assert wait_until(lambda: host_a.prober.addresses("bravo") == ["10.1.0.3"], 10)
     assert wait_until(lambda: host_b.prober.addresses("alpha") == ["10.1.0.2"], 10)
+
+    a.ok("service", "create", NETWORK, "web", "--vip", "10.1.0.100")
+    assert wait_until(lambda: services_of(b, NETWORK) == ["web"], 5)
+    assert wait_until(lambda: host_b.prober.addresses("web") == ["10.1.0.100"], 5)
+    clash = b.cli("service", "create", NETWORK, "web", "--vip", "10.1.0.101")
+    assert clash.rc == 1 and "already exists" in clash.err, clash
+    b.ok("service", "rm", NETWORK, "web")
+    assert wait_until(lambda: services_of(a, NETWORK) == [], 5)
+
+    in_use = a.cli("network", "rm", NETWORK)
+    assert in_use.rc == 1 and "endpoints" in in_use.err, in_use
+    b.ok("leave", "ep-bravo")
+    a.ok("leave", "ep-alpha")
+    assert wait_until(lambda: a.cli("network", "rm", NETWORK).rc == 0, 5)
+    assert wait_until(lambda: services_of(b, NETWORK) is None, 5), "host B kept the removed network"
     assert tls_cluster.etcd is not None and tls_cluster.etcd.url.startswith("https://")
     etcd, tls = tls_cluster.etcd, tls_cluster.tls
     assert tls is not None
