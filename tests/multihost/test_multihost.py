@@ -131,6 +131,23 @@ def test_a_killed_host_loses_its_endpoints_after_the_lease_and_gets_them_back(cl
     assert wait_until(lambda: host_b.prober.addresses("alpha") == ["10.1.0.2"], 10)
 
 
+def test_a_lost_lease_is_replaced_and_the_endpoints_registered_again(cluster: Cluster) -> None:
+    assert cluster.etcd is not None
+    host_a, host_b = global_network(cluster)
+    assert wait_until(lambda: host_b.prober.addresses("alpha") == ["10.1.0.2"], 5)
+    lease = host_a.daemon.registry_status()["lease"]
+    revoked = cluster.etcd.ctl("lease", "revoke", f"{lease:x}")
+    assert revoked.returncode == 0, revoked.stderr
+
+    def registered_again() -> bool:
+        leases = [v for k, v in cluster.etcd.keys().items() if k.endswith("/ep-alpha")]
+        return len(leases) == 1 and leases[0] not in (0, lease)
+
+    assert wait_until(registered_again, 15), cluster.etcd.keys()
+    assert host_a.daemon.registry_status()["lease"] != lease
+    assert wait_until(lambda: host_b.prober.addresses("alpha") == ["10.1.0.2"], 5)
+
+
 def test_an_etcd_outage_loses_nothing(cluster: Cluster) -> None:
     assert cluster.etcd is not None
     host_a, host_b = global_network(cluster)
