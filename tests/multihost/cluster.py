@@ -67,39 +67,46 @@ def make_certificates(directory: Path, address: str) -> Path:
 
 
 class Etcd:
-    """etcd in namespace `netns`, data under `workdir`; `stop()` keeps the data for a later `start()`.
-    With `tls` (a `make_certificates` directory) it serves HTTPS and asks clients for a certificate."""
+    """etcd in namespace `netns` (`members` of them: client ports 2379, 12379, ...), data under `workdir`;
+    `stop()` keeps the data for a later `start()`. With `tls` (a `make_certificates` directory) it serves
+    HTTPS and asks clients for a certificate."""
 
-    def __init__(self, workdir: Path, netns: str, address: str, tls: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, netns: str, address: str, tls: Path | None = None, members: int = 1
+    ) -> None:
         self.workdir = workdir
         self.netns = netns
         self.tls = tls
-        self.url = f"{'https' if tls else 'http'}://{address}:{CLIENT_PORT}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        scheme = "https" if tls else "http"
+        self.urls = [f"{scheme}://{address}:{CLIENT_PORT + 10000 * i}" for i in range(members)]
+        self.url = self.urls[0]
+        self.peers = [f"http://127.0.0.1:{CLIENT_PORT + 1 + 10000 * i}" for i in range(members)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * members
         self.log = workdir / "etcd.log"
 
     def start(self, timeout: float = 20.0) -> None:
-        assert self.proc is None
-        peer = "http://127.0.0.1:2380"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                in_netns(
-                    netns_path(self.netns),
-                    "etcd",
-                    "--name=rt8",
-                    f"--data-dir={self.workdir / 'data'}",
-                    f"--listen-client-urls={self.url}",
-                    f"--advertise-client-urls={self.url}",
-                    f"--listen-peer-urls={peer}",
-                    f"--initial-advertise-peer-urls={peer}",
-                    f"--initial-cluster=rt8={peer}",
-                    *self._tls_flags(),
-                ),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        assert not any(self.procs)
+        cluster = ",".join(f"rt8-{i}={peer}" for i, peer in enumerate(self.peers))
+        for i, (url, peer) in enumerate(zip(self.urls, self.peers, strict=True)):
+            with open(self.log, "ab") as log:
+                self.procs[i] = subprocess.Popen(
+                    in_netns(
+                        netns_path(self.netns),
+                        "etcd",
+                        f"--name=rt8-{i}",
+                        f"--data-dir={self.workdir / f'data-{i}'}",
+                        f"--listen-client-urls={url}",
+                        f"--advertise-client-urls={url}",
+                        f"--listen-peer-urls={peer}",
+                        f"--initial-advertise-peer-urls={peer}",
+                        f"--initial-cluster={cluster}",
+                        *self._tls_flags(),
+                    ),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
         if not wait_until(lambda: self.ctl("endpoint", "health").returncode == 0, timeout, 0.2):
             self.stop()
             raise AssertionError(f"etcd did not become healthy:\n{self.log.read_text(errors='replace')}")
@@ -115,21 +122,40 @@ class Etcd:
         ]
 
     def stop(self) -> None:
-        if self.proc is None:
+        for i in range(len(self.procs)):
+            self.stop_member(i)
+
+    def stop_member(self, index: int) -> None:
+        proc = self.procs[index]
+        if proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+                proc.kill()
+                proc.wait()
+        self.procs[index] = None
+
+    def leader(self) -> int:
+        """The index of the member that leads now."""
+        result = self.ctl("endpoint", "status", "-w", "json")
+        assert result.returncode == 0, result.stderr
+        statuses = json.loads(result.stdout)
+        by_id = {st["Status"]["header"]["member_id"]: self.urls.index(st["Endpoint"]) for st in statuses}
+        return by_id[statuses[0]["Status"]["leader"]]
+
+    def member_id(self, index: int) -> int:
+        result = self.ctl("endpoint", "status", "-w", "json", endpoints=[self.urls[index]])
+        assert result.returncode == 0, result.stderr
+        return int(json.loads(result.stdout)[0]["Status"]["header"]["member_id"])
 
     ctl_env = {"ETCDCTL_API": "3", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
-    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        ctl = ["etcdctl", f"--endpoints={self.url}", "--command-timeout=3s"]
+    def ctl(self, *args: str, endpoints: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+        urls = endpoints or [u for u, proc in zip(self.urls, self.procs, strict=True) if proc is not None]
+        ctl = ["etcdctl", f"--endpoints={','.join(urls or self.urls)}", "--command-timeout=3s"]
         if self.tls is not None:
             ctl += [f"--cacert={self.tls / 'ca.pem'}", f"--cert={self.tls / 'client.pem'}"]
             ctl += [f"--key={self.tls / 'client.key'}"]
@@ -156,16 +182,21 @@ class HostDaemon(Daemon):
     """`resolver serve` inside host namespace `host`, with the etcd backend."""
 
     def __init__(
-        self, workdir: Path, host: str, etcd_url: str, lease_ttl: int = LEASE_TTL, tls: Path | None = None
+        self,
+        workdir: Path,
+        host: str,
+        etcd_urls: list[str],
+        lease_ttl: int = LEASE_TTL,
+        tls: Path | None = None,
     ) -> None:
         super().__init__(workdir)
         self.host = host
         self.config = workdir / "resolver.toml"
-        endpoint = etcd_url.split("://", 1)[1]
+        endpoints = ", ".join(f'"{url.split("://", 1)[1]}"' for url in etcd_urls)
         self.config.write_text(
             "[registry]\n"
             'backend = "etcd"\n'
-            f'endpoints = ["{endpoint}"]\n'
+            f"endpoints = [{endpoints}]\n"
             f"lease_ttl = {lease_ttl}\n"
             "timeout = 2.0\n"
         )
@@ -188,8 +219,11 @@ class HostDaemon(Daemon):
 class Cluster:
     """etcd plus `hosts` host namespaces, each with a daemon (started by `start_daemons`)."""
 
-    def __init__(self, workdir: Path, hosts: int = 2, log_level: str = "debug", tls: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, hosts: int = 2, log_level: str = "debug", tls: bool = False, members: int = 1
+    ) -> None:
         self.workdir = workdir
+        self.members = members
         self.tls = make_certificates(workdir / "tls", HUB_ADDRESS) if tls else None
         self.log_level = log_level
         self.netns = Netns()
@@ -208,11 +242,11 @@ class Cluster:
             run(["ip", "-n", host, "link", "set", "lo", "up"], check=True)
             self.hosts.append(host)
         (self.workdir / "etcd").mkdir(parents=True, exist_ok=True)
-        self.etcd = Etcd(self.workdir / "etcd", lan.hub, HUB_ADDRESS, self.tls)
+        self.etcd = Etcd(self.workdir / "etcd", lan.hub, HUB_ADDRESS, self.tls, self.members)
         self.etcd.start()
         for index, host in enumerate(self.hosts):
             assert self.etcd is not None
-            daemon = HostDaemon(self.workdir / f"h{index}", host, self.etcd.url, tls=self.tls)
+            daemon = HostDaemon(self.workdir / f"h{index}", host, self.etcd.urls, tls=self.tls)
             daemon.log_level = self.log_level
             self.daemons.append(daemon)
         with ThreadPoolExecutor(len(self.daemons)) as pool:

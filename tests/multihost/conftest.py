@@ -53,11 +53,17 @@ def tls_cluster(tmp_path: Path) -> Iterator[Cluster]:
     yield from _cluster(tmp_path, tls=True)
 
 
-def _cluster(tmp_path: Path, tls: bool) -> Iterator[Cluster]:
+@pytest.fixture
+def three_member_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster whose etcd has three members; the daemons know all three endpoints."""
+    yield from _cluster(tmp_path, tls=False, members=3)
+
+
+def _cluster(tmp_path: Path, tls: bool, members: int = 1) -> Iterator[Cluster]:
     lacking = _lacking()
     if lacking:
         pytest.skip(f"multi-host test needs {', '.join(lacking)}")
-    instance = Cluster(tmp_path, tls=tls)
+    instance = Cluster(tmp_path, tls=tls, members=members)
     LIVE.append(instance)
     failures: list[str] = []
     try:

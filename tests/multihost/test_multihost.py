@@ -206,3 +206,24 @@ def test_a_watch_behind_compaction_lists_again(cluster: Cluster) -> None:
     assert wait_until(lambda: host_a.prober.unknown("bravo"), 5)
     assert host_a.daemon.registry_status()["lists"] > lists
     assert "fell behind compaction" in host_a.daemon.log_text()
+
+
+def test_the_leader_dies_and_the_daemons_go_on_with_the_other_members(three_member_cluster: Cluster) -> None:
+    etcd = three_member_cluster.etcd
+    assert etcd is not None
+    host_a, host_b = global_network(three_member_cluster)
+    assert wait_until(lambda: host_a.prober.addresses("bravo") == ["10.1.0.3"], 10)
+    leader = etcd.leader()
+    if leader != 0:  # the daemons talk to the first endpoint: make it the leader, then stop it
+        moved = etcd.ctl("move-leader", f"{etcd.member_id(0):x}", endpoints=[etcd.urls[leader]])
+        assert moved.returncode == 0, moved.stderr
+        assert wait_until(lambda: etcd.leader() == 0, 10)
+    etcd.stop_member(0)
+    assert wait_until(lambda: etcd.leader() != 0, 15)
+
+    sandbox = three_member_cluster.sandbox()
+    host_b.daemon.join(NETWORK, netns_path(sandbox), "ep-golf", "golf", "--ipv4", "10.1.0.8")
+    assert wait_until(lambda: host_a.prober.addresses("golf") == ["10.1.0.8"], 20)
+    host_b.daemon.ok("leave", "ep-bravo")
+    assert wait_until(lambda: host_a.prober.unknown("bravo"), 10)
+    assert all(d.registry_status()["sessions"] >= 2 for d in (host_a.daemon, host_b.daemon))
