@@ -28,11 +28,11 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from resolver import __version__, config
+from resolver import __version__, backends, config
 from resolver.config import Settings
 from resolver.core.cache import AnswerCache
 from resolver.nsinject import netns as ns
@@ -42,6 +42,7 @@ from resolver.nsinject.resolvconf import upstream_servers
 from resolver.registry import model as m
 from resolver.registry.errors import Conflict, InvalidValue, NotFound, RegistryError
 from resolver.registry.registry import Registry, find_endpoint
+from resolver.registry.registry import apply as registry_apply
 from resolver.registry.view import View, Views
 from resolver.server.dispatch import Dispatcher
 from resolver.server.forwarder import Forwarder
@@ -94,6 +95,23 @@ def _udp_client() -> socket.socket:
     return sock
 
 
+def _listeners_and_client(address: str, port: int) -> tuple[ns.Listeners, socket.socket]:
+    """The sandbox's listeners and a client socket for the join probe, in one trip into it."""
+    listeners = ns.open_listeners(address, port)
+    try:
+        return listeners, _udp_client()
+    except BaseException:
+        listeners.close()
+        raise
+
+
+def _close_orphaned(future: asyncio.Future[tuple[ns.Listeners, socket.socket]]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        listeners, client = future.result()
+        listeners.close()
+        client.close()
+
+
 class Daemon:
     def __init__(
         self, settings: Settings, config_file: str | None = None, flags: dict[str, Any] | None = None
@@ -103,6 +121,7 @@ class Daemon:
         self.flags = flags or {}
         self.store = Store(settings.state_dir)
         self.registry = Registry()
+        self.backend = backends.create(settings)
         self.views = Views()
         self.records: dict[str, SandboxRecord] = {}
         self.sites: dict[str, Site] = {}
@@ -134,6 +153,7 @@ class Daemon:
         self.worker = ns.NamespaceWorker()
         self._read_host_resolv_conf()
         await self._restore_saved()
+        await self.backend.start(self)
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT; SIGHUP reloads settings."""
@@ -156,6 +176,7 @@ class Daemon:
             await self.shutdown()
 
     async def shutdown(self) -> None:
+        await self.backend.close()
         async with self.lock:
             for netns in list(self.sites):
                 await self._detach(netns, restore=self.settings.restore_resolv_conf_on_exit, keep_record=True)
@@ -238,6 +259,33 @@ class Daemon:
             await asyncio.to_thread(self.store.write, prepared)
         else:
             self.store.write(prepared)
+        self.backend.local_changed()
+
+    # ---- the shared registry (global networks; see resolver/backends) ----------------------------------
+
+    async def _publish(self, event: m.Event) -> None:
+        """Validate a network or service change, then share it (global networks) before it is applied."""
+        registry_apply(self.registry.state, event)
+        await self.backend.publish(event, self.registry.state)
+
+    def local_state(self) -> m.State:
+        return self.registry.state
+
+    async def apply_remote(self, plan: Callable[[m.State], Sequence[m.Event]]) -> list[str]:
+        """Apply other hosts' records; a refused record is reported (the backend retries it). They are
+        saved too, as the last known state of the shared registry."""
+        refused: list[str] = []
+        async with self.lock:
+            applied = 0
+            for event in plan(self.registry.state):
+                try:
+                    self._apply(event)
+                    applied += 1
+                except RegistryError as exc:
+                    refused.append(f"{type(event).__name__} {exc.message}")
+            if applied:
+                await self._save(dirty=())
+        return refused
 
     async def _commit(self, dirty: Iterable[str] | None = None) -> None:
         """Save the state; raises PersistError when it cannot be written (the caller undoes the change)."""
@@ -276,33 +324,49 @@ class Daemon:
         assert self.worker is not None
         return await self.worker.arun_in(netns, fn, *args)
 
-    async def _attach(self, netns: str, explicit_resolv_conf: str | None, persist: bool = True) -> None:
-        """Serve DNS in `netns` and point its resolv.conf here; with `persist`, the state is saved
-        (PersistError when it cannot be) before resolv.conf is written."""
+    async def _attach(
+        self, netns: str, explicit_resolv_conf: str | None, rewrite: bool = True, persist: bool = True
+    ) -> None:
+        """Serve DNS inside `netns`; `rewrite` false leaves its resolv.conf alone (the runtime owns it).
+        With `persist`, the state is saved (PersistError when it cannot be) before resolv.conf is written."""
         assert self.worker is not None
         settings = self.settings
         port = 53 if settings.listen_mode == "direct" else 0
+        opening = asyncio.ensure_future(
+            self.worker.arun_in(netns, _listeners_and_client, settings.listen_address, port)
+        )
         try:
-            listeners = await ns.aopen_listeners_in(self.worker, netns, settings.listen_address, port)
+            listeners, client = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_orphaned)
+            raise
         except (ns.NamespaceError, OSError) as exc:
             raise AttachError(
                 f"cannot listen on {settings.listen_address}:{port} in {netns}: {exc}"
             ) from None
         site = Site(netns, self.view, listeners, self.dispatcher, settings)
-        self.sockets.open(netns)
-        await site.start(self.metrics.fast)
+        try:
+            await site.start(self.metrics.fast)
+        except BaseException:
+            client.close()
+            listeners.close()
+            raise
         self.sites[netns] = site
-        self.records.setdefault(netns, SandboxRecord()).identity = ns.netns_identity(netns)
+        self.sockets.open(netns)
+        record = self.records.setdefault(netns, SandboxRecord())
+        record.identity, record.keep_resolv_conf = ns.netns_identity(netns), not rewrite
         try:
             await _step("listening", persist)
-            if settings.listen_mode == "redirect":
-                await asyncio.to_thread(
-                    redirect.install_redirect, netns, settings.listen_address, listeners.port
-                )
-            if not await self._probe(netns, settings.join_timeout):
-                raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
+            with contextlib.closing(client):
+                if settings.listen_mode == "redirect":
+                    await asyncio.to_thread(
+                        redirect.install_redirect, netns, settings.listen_address, listeners.port
+                    )
+                if not await self._probe(netns, settings.join_timeout, client):
+                    raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
             await _step("probed", persist)
-            if not await self._rewrite_resolv_conf(netns, explicit_resolv_conf, persist) and persist:
+            saved = rewrite and await self._rewrite_resolv_conf(netns, explicit_resolv_conf, persist)
+            if persist and not saved:
                 await self._commit((netns,))
         except Exception as exc:
             await self._detach(netns, restore=True)
@@ -311,8 +375,9 @@ class Daemon:
             raise AttachError(f"cannot set up DNS in {netns}: {exc}") from None
 
     async def _rewrite_resolv_conf(self, netns: str, explicit: str | None, persist: bool) -> bool:
-        """Point the sandbox's resolv.conf here; True when the state was saved (with `persist`) between
-        planning the rewrite and writing the file."""
+        """Point the sandbox's resolv.conf at us; True when the state was saved (with `persist`) between
+        planning the rewrite and writing the file. The file work runs on the loop: a small regular file,
+        no fsync, and the file checks refuse FIFOs and devices, so it cannot block."""
         record = self.records[netns]
         try:
             path = resolvfile.resolv_conf_path_for(netns, explicit or record.resolv_conf)
@@ -323,8 +388,8 @@ class Daemon:
             return False
         previous = resolvfile.Rewrite.from_dict(record.rewrite) if record.rewrite else None
         try:
-            plan = await asyncio.to_thread(
-                resolvfile.plan_rewrite, path, self.settings.listen_address, self.host_text, previous=previous
+            plan = resolvfile.plan_rewrite(
+                path, self.settings.listen_address, self.host_text, previous=previous
             )
         except FileNotFoundError:
             if explicit:
@@ -345,7 +410,7 @@ class Daemon:
                 record.rewrite, record.resolv_conf = undo
                 raise
             await _step("saved")
-        await asyncio.to_thread(resolvfile.write_plan, plan)
+        resolvfile.write_plan(plan)
         await _step("resolv-conf-written", persist)
         return persist
 
@@ -368,11 +433,13 @@ class Daemon:
             except OSError as exc:
                 log.warning("could not restore resolv.conf of %s: %s", netns, exc)
 
-    async def _probe(self, netns: str, timeout: float) -> bool:
-        """True once a query sent from inside the sandbox to 127.0.0.11:53 gets an answer."""
+    async def _probe(self, netns: str, timeout: float, sock: socket.socket | None = None) -> bool:
+        """True once a query sent from inside the sandbox to 127.0.0.11:53 gets an answer; `sock`, a
+        client socket made in the sandbox, is used (and closed) when given."""
         assert self.worker is not None
         loop = asyncio.get_running_loop()
-        sock = await self.worker.arun_in(netns, _udp_client)
+        if sock is None:
+            sock = await self.worker.arun_in(netns, _udp_client)
         deadline = loop.time() + timeout
         with contextlib.closing(sock):
             sock.connect((self.settings.listen_address, 53))  # UDP: sets the peer, no handshake
@@ -402,7 +469,10 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 continue
             try:
-                await self._attach(netns, self.records.get(netns, SandboxRecord()).resolv_conf, persist=False)
+                record = self.records.get(netns, SandboxRecord())
+                await self._attach(
+                    netns, record.resolv_conf, rewrite=not record.keep_resolv_conf, persist=False
+                )
                 log.info("re-attached sandbox %s", netns)
             except AttachError as exc:
                 log.error("could not re-attach %s: %s; dropping it", netns, exc)
@@ -476,20 +546,24 @@ class Daemon:
 
     async def create_network(self, event: m.CreateNetwork) -> m.Network:
         async with self.lock:
+            await self._publish(event)
             await self._apply_and_commit(event)
             return self.registry.state.networks[event.name]
 
     async def remove_network(self, name: str) -> None:
         async with self.lock:
+            await self._publish(m.RemoveNetwork(name))
             await self._apply_and_commit(m.RemoveNetwork(name))
 
     async def create_service(self, event: m.CreateService) -> m.Service:
         async with self.lock:
+            await self._publish(event)
             await self._apply_and_commit(event)
             return self.registry.state.services[(event.network, event.name)]
 
     async def remove_service(self, network: str, name: str) -> None:
         async with self.lock:
+            await self._publish(m.RemoveService(network, name))
             await self._apply_and_commit(m.RemoveService(network, name))
 
     async def join(self, event: m.JoinEndpoint) -> m.Endpoint:
@@ -507,7 +581,7 @@ class Daemon:
             await _step("registered")
             try:
                 if change.added_sandboxes:
-                    await self._attach(netns, event.resolv_conf)
+                    await self._attach(netns, event.resolv_conf, rewrite=event.rewrite_resolv_conf)
                 else:
                     await self._commit((netns,))
             except (AttachError, PersistError):
@@ -545,7 +619,7 @@ class Daemon:
         """Undo a detach whose leave could not be saved: serve the sandbox and rewrite its file again."""
         self.records[netns] = record
         try:
-            await self._attach(netns, record.resolv_conf, persist=False)
+            await self._attach(netns, record.resolv_conf, rewrite=not record.keep_resolv_conf, persist=False)
         except AttachError as exc:
             log.error("could not re-attach %s after a failed leave: %s; dropping it", netns, exc)
             await self._forget(netns, restore=True)
@@ -568,6 +642,7 @@ class Daemon:
             "host_upstreams": list(self.host_servers),
             "upstreams_down": self.forwarder.health.down(),
             "generation": state.generation,
+            "registry": self.backend.status(),
             "cache": None
             if self.cache is None
             else {

@@ -18,7 +18,9 @@ Rules:
   line was never acknowledged and is dropped; an unreadable line elsewhere is reported and skipped
   (each line is a set of upserts and deletes, so the others still apply);
 - loading replays the records as registry events, so saved data is validated exactly like live
-  requests; a record that no longer validates is reported and skipped, never fatal.
+  requests; a record that no longer validates is reported and skipped, never fatal;
+- endpoints joined on other hosts are saved too, as the last known state of the shared registry (a
+  daemon restarted while etcd is unreachable still answers them); the shared registry corrects them.
 """
 
 from __future__ import annotations
@@ -92,29 +94,40 @@ def encode(state: m.State, sandboxes: dict[str, SandboxRecord]) -> dict[str, Any
     }
 
 
+def network_event(n: dict[str, Any]) -> m.CreateNetwork:
+    """The event that recreates a network from its `to_dict()` form."""
+    return m.CreateNetwork(
+        n["name"], n["internal"], n["domain"], tuple(n["dns"]), n["ttl"], n.get("scope", "local")
+    )
+
+
+def service_event(s: dict[str, Any]) -> m.CreateService:
+    return m.CreateService(s["network"], s["name"], tuple(s["vips"]), s["mode"])
+
+
+def join_event(e: dict[str, Any], host: str | None = None) -> m.JoinEndpoint:
+    """The event that rejoins an endpoint from its `to_dict()` form (on `host`, None: this one)."""
+    return m.JoinEndpoint(
+        network=e["network"],
+        sandbox=e["netns"],
+        endpoint=e["id"],
+        name=e["name"],
+        aliases=tuple(e["aliases"]),
+        hostname=e["hostname"],
+        ipv4=tuple(e["ipv4"]),
+        ipv6=tuple(e["ipv6"]),
+        service=e["service"],
+        ports=tuple(e["ports"]),
+        upstreams=tuple(e["dns"]),
+        resolv_conf=e["resolv_conf"],
+        host=host,
+    )
+
+
 def _events(doc: dict[str, Any]) -> list[m.Event]:
-    events: list[m.Event] = []
-    for n in doc.get("networks", []):
-        events.append(m.CreateNetwork(n["name"], n["internal"], n["domain"], tuple(n["dns"]), n["ttl"]))
-    for s in doc.get("services", []):
-        events.append(m.CreateService(s["network"], s["name"], tuple(s["vips"]), s["mode"]))
-    for e in doc.get("endpoints", []):
-        events.append(
-            m.JoinEndpoint(
-                network=e["network"],
-                sandbox=e["netns"],
-                endpoint=e["id"],
-                name=e["name"],
-                aliases=tuple(e["aliases"]),
-                hostname=e["hostname"],
-                ipv4=tuple(e["ipv4"]),
-                ipv6=tuple(e["ipv6"]),
-                service=e["service"],
-                ports=tuple(e["ports"]),
-                upstreams=tuple(e["dns"]),
-                resolv_conf=e["resolv_conf"],
-            )
-        )
+    events: list[m.Event] = [network_event(n) for n in doc.get("networks", [])]
+    events += [service_event(s) for s in doc.get("services", [])]
+    events += [join_event(e, e.get("host")) for e in doc.get("endpoints", [])]
     for netns, sb in doc.get("sandboxes", {}).items():
         if sb.get("original_dns"):
             events.append(m.SetSandboxUpstreams(netns, tuple(sb["original_dns"])))

@@ -1,9 +1,9 @@
 """The control API server: versioned HTTP+JSON routes on a Unix socket (mode 0600, root only).
 
 Rules: every error is JSON `{"error": {"kind": ..., "message": ...}}` with 400 (invalid), 404 (not-found),
-409 (conflict), 403 (not root), 503 (not-saved: the state directory is full or read-only) or 500; a refused
-request changes nothing. Only peers whose SO_PEERCRED uid is 0 or the daemon's own uid are served, in
-addition to the socket's file mode.
+409 (conflict), 503 (shared registry unreachable, or not-saved: the state directory is full or read-only),
+403 (not root) or 500; a refused request changes nothing. Only peers whose SO_PEERCRED uid is 0 or the
+daemon's own uid are served, in addition to the socket's file mode.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from aiohttp import web
 
 from resolver.app import AttachError, PersistError
 from resolver.control import inspect, schema
-from resolver.registry.errors import InvalidValue, RegistryError
+from resolver.registry.errors import RegistryError
 
 if TYPE_CHECKING:
     from resolver.app import Daemon
@@ -53,7 +53,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RegistryError as exc:
-        status = {"invalid": 400, "not-found": 404, "conflict": 409}[exc.kind]
+        status = {"invalid": 400, "not-found": 404, "conflict": 409, "unavailable": 503}[exc.kind]
         return error_response(status, exc.kind, exc.message)
     except AttachError as exc:
         return error_response(500, "attach-failed", str(exc))
@@ -69,10 +69,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _body(request: web.Request) -> Any:
-    try:
-        return await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidValue("the request body is not valid JSON") from None
+    return schema.decode_body(await request.read())
 
 
 class ControlServer:

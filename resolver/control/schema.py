@@ -1,11 +1,14 @@
 """Request bodies of the control API: JSON objects checked field by field into registry events.
 
-Rules: an unknown field, a missing required field or a value of the wrong JSON type is a
-`InvalidValue` whose message names the field; value rules (labels, addresses) are the registry's.
+Rules: a body that is not JSON (bad syntax or encoding, nesting too deep for the parser, a number too
+long to convert) is an `InvalidValue`; an unknown field, a missing required field or a value of the
+wrong JSON type is an `InvalidValue` whose message names the field; value rules (labels, addresses) are
+the registry's.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from resolver.registry import model as m
@@ -18,6 +21,16 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "list": (list,),
     "optstr": (str, type(None)),
 }
+
+
+def decode_body(raw: bytes) -> Any:
+    """The JSON value of a request body (UTF-8, -16 or -32), or InvalidValue."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # JSONDecodeError is a ValueError, and so is an integer of more than sys.get_int_max_str_digits()
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
+        raise InvalidValue(f"the request body is {reason}") from None
 
 
 def _fields(body: Any, required: dict[str, str], optional: dict[str, str]) -> dict[str, Any]:
@@ -50,13 +63,18 @@ def _fields(body: Any, required: dict[str, str], optional: dict[str, str]) -> di
 
 
 def create_network(body: Any) -> m.CreateNetwork:
-    f = _fields(body, {"name": "str"}, {"internal": "bool", "domain": "optstr", "dns": "list", "ttl": "int"})
+    f = _fields(
+        body,
+        {"name": "str"},
+        {"internal": "bool", "domain": "optstr", "dns": "list", "ttl": "int", "scope": "str"},
+    )
     return m.CreateNetwork(
         f["name"],
         f.get("internal", False),
         f.get("domain"),
         f.get("dns", ()),
         f.get("ttl", m.DEFAULT_LOCAL_TTL),
+        f.get("scope", "local"),
     )
 
 
@@ -77,6 +95,7 @@ def join(body: Any) -> m.JoinEndpoint:
             "service": "optstr",
             "ports": "list",
             "resolv_conf": "optstr",
+            "rewrite_resolv_conf": "bool",
             "dns": "list",
         },
     )
@@ -93,6 +112,7 @@ def join(body: Any) -> m.JoinEndpoint:
         ports=f.get("ports", ()),
         upstreams=f.get("dns", ()),
         resolv_conf=f.get("resolv_conf"),
+        rewrite_resolv_conf=f.get("rewrite_resolv_conf", True),
     )
 
 

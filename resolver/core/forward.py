@@ -92,6 +92,8 @@ def _splice(reply: bytes, forward: Forward) -> bytes | None:
     client_rd = w.query_flags(forward.query) & w.RD
     new_flags = (flags & (w.AD | w.CD | 0x000F)) | w.QR | w.RA | client_rd
     additional = arcount - (opt_start is not None) + bool(opt)
+    if not 0 <= additional <= 0xFFFF:
+        return None
     header = struct.pack("!HHHHH", new_flags, 1, ancount, nscount, additional)
     message = b"".join((forward.query[:2], header, forward.question, body, opt))
     return message if len(message) <= forward.max_size else None
@@ -99,7 +101,8 @@ def _splice(reply: bytes, forward: Forward) -> bytes | None:
 
 def _walk_records(reply: bytes, offset: int, before_additional: int, arcount: int) -> tuple[int, int | None]:
     """End of the last record and the start of the OPT record (None without one); WireError when an
-    OPT is anywhere but last in the additional section."""
+    OPT is anywhere but last in the additional section (an OPT ending the authority section of a reply
+    with no additional records once made the additional count -1)."""
     opt_start = None
     total = before_additional + arcount
     for index in range(total):
@@ -112,8 +115,8 @@ def _walk_records(reply: bytes, offset: int, before_additional: int, arcount: in
         if offset > len(reply):
             raise w.WireError("record data runs past the end")
         if rtype == w.OPT:
-            if index != total - 1 or reply[record] != 0:
-                raise w.WireError("OPT not last, or not owned by the root")
+            if index != total - 1 or index < before_additional or reply[record] != 0:
+                raise w.WireError("OPT outside the additional section, not last, or not owned by the root")
             opt_start = record
     return offset, opt_start
 

@@ -28,6 +28,7 @@ from resolver.registry.model import (
     RemoveSandbox,
     RemoveService,
     Sandbox,
+    Scope,
     Service,
     SetSandboxUpstreams,
     State,
@@ -53,6 +54,12 @@ def _check_ttl(ttl: Any) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= MAX_TTL:
         raise InvalidValue(f"ttl {ttl!r} must be a whole number of seconds between 0 and {MAX_TTL}")
     return ttl
+
+
+def _check_scope(scope: Any) -> Scope:
+    if scope not in ("local", "global"):
+        raise InvalidValue(f"network scope {scope!r} must be 'local' or 'global'")
+    return scope  # type: ignore[no-any-return]
 
 
 def _check_servers(values: Iterable[str]) -> tuple[str, ...]:
@@ -88,7 +95,7 @@ def parse_port(text: str) -> NamedPort:
     names.check_label(name, "port name")
     if proto.lower() not in ("tcp", "udp"):
         raise InvalidValue(f"port {text!r}: protocol must be tcp or udp")
-    if not number.isdigit() or not 0 < int(number) < 65536:
+    if not (number.isascii() and number.isdigit() and len(number) <= 5) or not 0 < int(number) < 65536:
         raise InvalidValue(f"port {text!r}: number must be 1-65535")
     return NamedPort(name, proto.lower(), int(number))  # type: ignore[arg-type]
 
@@ -139,6 +146,7 @@ def _create_network(state: State, ev: CreateNetwork) -> Change:
         domain=names.check_domain(ev.domain).lower() if ev.domain else None,
         upstreams=_check_servers(ev.upstreams),
         ttl=_check_ttl(ev.ttl),
+        scope=_check_scope(ev.scope),
     )
     return Change(
         replace(state, networks=_with(state.networks, ev.name, network)), touched_networks=(ev.name,)
@@ -161,7 +169,11 @@ def _remove_network(state: State, ev: RemoveNetwork) -> Change:
 
 
 def _build_endpoint(state: State, ev: JoinEndpoint) -> Endpoint:
-    _require_network(state, ev.network)
+    network = _require_network(state, ev.network)
+    if ev.host is not None:
+        names.check_label(ev.host, "host id")
+        if network.scope != "global":
+            raise InvalidValue(f"network {ev.network!r} is local to this host; no other host can join it")
     endpoint = Endpoint(
         id=_check_endpoint_id(ev.endpoint),
         network=ev.network,
@@ -175,6 +187,7 @@ def _build_endpoint(state: State, ev: JoinEndpoint) -> Endpoint:
         ports=tuple(parse_port(p) for p in ev.ports),
         upstreams=_check_servers(ev.upstreams),
         resolv_conf=ev.resolv_conf or None,
+        host=ev.host,
     )
     if (ev.network, endpoint.id) in state.endpoints:
         raise Conflict(f"endpoint {endpoint.id!r} is already joined to network {ev.network!r}")
@@ -185,6 +198,12 @@ def _build_endpoint(state: State, ev: JoinEndpoint) -> Endpoint:
 def _join(state: State, ev: JoinEndpoint) -> Change:
     endpoint = _build_endpoint(state, ev)
     key = (endpoint.network, endpoint.id)
+    addresses = _with_addresses(
+        state, endpoint.network, f"endpoint {endpoint.id!r}", (*endpoint.ipv4, *endpoint.ipv6)
+    )
+    if endpoint.host is not None:  # joined on another host: no sandbox here
+        new = replace(state, endpoints=_with(state.endpoints, key, endpoint), addresses=addresses)
+        return Change(new, touched_networks=(endpoint.network,), joined=endpoint)
     sandbox = state.sandboxes.get(endpoint.sandbox)
     added = () if sandbox is not None else (endpoint.sandbox,)
     sandbox = sandbox or Sandbox(netns=endpoint.sandbox)
@@ -193,9 +212,7 @@ def _join(state: State, ev: JoinEndpoint) -> Change:
         state,
         endpoints=_with(state.endpoints, key, endpoint),
         sandboxes=_with(state.sandboxes, sandbox.netns, sandbox),
-        addresses=_with_addresses(
-            state, endpoint.network, f"endpoint {endpoint.id!r}", (*endpoint.ipv4, *endpoint.ipv6)
-        ),
+        addresses=addresses,
     )
     return Change(
         new,
@@ -233,6 +250,8 @@ def _drop_endpoints(state: State, keys: Iterable[tuple[str, str]]) -> Change:
     for key in keys_list:
         endpoint = endpoints.pop(key)
         touched.append(endpoint.network)
+        if endpoint.host is not None:
+            continue
         left.append(endpoint.sandbox)
         sandbox = sandboxes[endpoint.sandbox]
         remaining = tuple(k for k in sandbox.endpoints if k != key)

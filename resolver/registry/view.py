@@ -7,8 +7,8 @@ the domain or else the network name. Sandboxes attached to the same networks sha
 adds the sandbox's upstream servers. Tables are rebuilt only when one of their networks changed; a query
 holds the view it started with for its whole life.
 
-`NameTable.memo` is a slot the answering core fills with prepared answers; it belongs to one table and
-is dropped with it, so a stale answer can never outlive a change.
+`NameTable.memo`, `fast` and `exact` are slots the answering core fills with prepared answers; they
+belong to one table and are dropped with it, so a stale answer can never outlive a change.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class NameTable:
     may_forward: bool
     memo: dict = field(default_factory=dict)
     fast: dict = field(default_factory=dict)
+    exact: dict = field(default_factory=dict)
 
     def authority_for(self, key: bytes) -> Zone | None:
         """The authoritative (domain) zone that `key` falls under, if any."""

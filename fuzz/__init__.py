@@ -1,0 +1,1 @@
+"""Fuzzing harnesses (atheris) and the properties they share with the property tests."""
