@@ -32,7 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.dns_bench import RESOLVER, cpu_seconds, dnsmasq, process, run
+from benchmarks.lab import Lab, cpu_seconds, in_netns, rss_kib
+from benchmarks.servers import dnsmasq, resolver_command
 from resolver.control.client import ControlError, call
 
 LOCAL_SHARE = 0.7
@@ -83,13 +84,6 @@ def parse_dnsperf(out: str) -> Perf:
     )
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise LookupError(f"no VmRSS for {pid}")
-
-
 @dataclass
 class Rig:
     pid: int
@@ -103,7 +97,7 @@ class Rig:
         procs = []
         for netns in targets:
             queries = self.queries[self.namespaces.index(netns)]
-            cmd = ["ip", "netns", "exec", netns, "dnsperf", "-s", "127.0.0.11", "-d", str(queries)]
+            cmd = in_netns(netns, ["dnsperf", "-s", "127.0.0.11", "-d", str(queries)])
             cmd += ["-l", str(seconds), "-t", str(timeout)]
             if rate_each is None:  # unthrottled: several clients for one sandbox, few queries each for many
                 cmd += ["-c", "8", "-q", "200"] if len(targets) == 1 else ["-c", "1", "-q", "20"]
@@ -148,26 +142,12 @@ def _wait_status(sock: str) -> None:
 
 
 @contextlib.contextmanager
-def _namespaces(prefix: str, count: int) -> Iterator[list[str]]:
-    names: list[str] = []
-    try:
-        for _ in range(count):
-            name = f"{prefix}{secrets.token_hex(4)}"
-            run("ip", "netns", "add", name)
-            names.append(name)
-        yield names
-    finally:
-        for name in names:
-            run("ip", "netns", "del", name, check=False)
-            shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
-
-
-@contextlib.contextmanager
 def rig(sandboxes: int, prefix: str = "load-", cache: bool = False) -> Iterator[Rig]:
     """Everything the load runs need, torn down afterwards (daemon, dnsmasq, namespaces, files)."""
     upstream = f"127.{secrets.choice(range(100, 200))}.{secrets.randbelow(256)}.{secrets.randbelow(200) + 20}"
-    with tempfile.TemporaryDirectory(prefix="load-bench-") as tmp, _namespaces(prefix, sandboxes) as names:
-        workdir = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="load-bench-") as tmp, Lab(Path(tmp), prefix) as lab:
+        workdir = lab.workdir
+        names = lab.add_namespaces(sandboxes, lo_up=False)
         hosts = workdir / "hosts"
         hosts.write_text(
             "".join(f"10.200.{i // 250}.{i % 250 + 1} n{i}.up.test\n" for i in range(FORWARDED_NAMES))
@@ -175,25 +155,23 @@ def rig(sandboxes: int, prefix: str = "load-", cache: bool = False) -> Iterator[
         queries = [_query_file(workdir / f"queries{i}.txt", sandboxes, i) for i in range(sandboxes)]
         (workdir / "host-resolv.conf").write_text(f"nameserver {upstream}\n")
         sock = str(workdir / "s.sock")
-        cmd = [RESOLVER, "serve", "--socket", sock, "--state-dir", str(workdir / "state")]
+        cmd = [*resolver_command(), "serve", "--socket", sock, "--state-dir", str(workdir / "state")]
         cmd += ["--host-resolv-conf", str(workdir / "host-resolv.conf"), "--log-level", "warning"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RESOLVER_")}
         env["RESOLVER_CACHE_ENABLED"] = "true" if cache else "false"
         extra = [f"--addn-hosts={hosts}", "--local=/up.test/", "--local-ttl=300", "--cache-size=10000"]
-        with (
-            dnsmasq("", upstream, workdir, extra, "upstream"),
-            process(cmd, workdir / "daemon.log", env=env) as daemon,
-        ):
-            _wait_status(sock)
-            call("POST", "/v1/networks", {"name": "load", "domain": "load.test"}, sock)
-            for i, netns in enumerate(names):
-                body = {"network": "load", "netns": netns, "endpoint": f"ep{i}", "name": f"h{i}"}
-                body |= {
-                    "ipv4": [f"10.{100 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}"],
-                    "ipv6": [f"fd64::{i + 1:x}"],
-                }
-                call("POST", "/v1/endpoints", body, sock)
-            yield Rig(daemon.pid, sock, names, queries)
+        dnsmasq(lab, "", upstream, extra, "upstream")  # "": in the host namespace, the daemon's upstream
+        daemon = lab.spawn(cmd, "daemon.log", env=env)
+        _wait_status(sock)
+        call("POST", "/v1/networks", {"name": "load", "domain": "load.test"}, sock)
+        for i, netns in enumerate(names):
+            body = {"network": "load", "netns": netns, "endpoint": f"ep{i}", "name": f"h{i}"}
+            body |= {
+                "ipv4": [f"10.{100 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}"],
+                "ipv6": [f"fd64::{i + 1:x}"],
+            }
+            call("POST", "/v1/endpoints", body, sock)
+        yield Rig(daemon.pid, sock, names, queries)
 
 
 @dataclass
