@@ -215,9 +215,14 @@ def _build_network(state: State, network: Network) -> _TableBuilder:
 
 def merge_tables(networks: tuple[Network, ...], per_network: Sequence[Mapping[bytes, NameData]]) -> NameTable:
     """Union of the networks' names; the first network (in sandbox order) wins a shared name."""
-    names: dict[bytes, NameData] = {}
-    for table in reversed(per_network):
-        names.update(table)
+    names: Mapping[bytes, NameData]
+    if len(per_network) == 1:
+        names = per_network[0]  # published tables are never changed, so one network's is shared as is
+    else:
+        merged: dict[bytes, NameData] = {}
+        for table in reversed(per_network):
+            merged.update(table)
+        names = merged
     domains = tuple(
         (wire_key(n.domain), Zone(n.domain, n.ttl, True)) for n in networks if n.domain is not None
     )
