@@ -314,6 +314,7 @@ class Daemon:
     def _undo(self, before: m.State, change: m.Change) -> None:
         """Go back to the state `before` the change (views of what it touched are rebuilt)."""
         self.registry.state = before
+        self._unsaved = None  # the next save compares whole states
         self._refresh_views(replace(change, state=before, joined=None))
 
     async def _apply_and_commit(self, event: m.Event) -> None:
