@@ -184,7 +184,7 @@ def _sites() -> list[Site]:
 
 SITES = _sites()
 LOOP = asyncio.new_event_loop()
-asyncio.set_event_loop(LOOP)  # the listener starts forwarded queries with ensure_future outside a task
+asyncio.set_event_loop(LOOP)
 
 
 # ---- what a reply must be -------------------------------------------------------------------------------
@@ -243,7 +243,11 @@ def _one_datagram(site: Site, data: bytes) -> list[bytes]:
     transport = RecordingDatagrams()
     listener = UdpListener(site, site.dispatcher.metrics.fast)
     listener.connection_made(transport)  # type: ignore[arg-type]
-    listener.datagram_received(data, CLIENT)
+
+    async def receive() -> None:  # inside the loop, as a datagram callback runs (tasks need a running loop)
+        listener.datagram_received(data, CLIENT)
+
+    LOOP.run_until_complete(receive())
     while site.tasks:
         LOOP.run_until_complete(asyncio.gather(*site.tasks))
     assert all(addr == CLIENT for _, addr in transport.sent)
