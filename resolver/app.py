@@ -23,11 +23,11 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from resolver import __version__, config
+from resolver import __version__, backends, config
 from resolver.config import Settings
 from resolver.core.cache import AnswerCache
 from resolver.nsinject import netns as ns
@@ -37,6 +37,7 @@ from resolver.nsinject.resolvconf import upstream_servers
 from resolver.registry import model as m
 from resolver.registry.errors import Conflict, InvalidValue, NotFound, RegistryError
 from resolver.registry.registry import Registry, find_endpoint
+from resolver.registry.registry import apply as registry_apply
 from resolver.registry.view import View, Views
 from resolver.server.dispatch import Dispatcher
 from resolver.server.forwarder import Forwarder
@@ -102,6 +103,9 @@ class Daemon:
         self.flags = flags or {}
         self.store = Store(settings.state_dir)
         self.registry = Registry()
+        self._unsaved: list[tuple[str, Any]] | None = None
+        """Records the changes since the last save named (None: compare whole states at the next save)."""
+        self.backend = backends.create(settings)
         self.views = Views()
         self.records: dict[str, SandboxRecord] = {}
         self.sites: dict[str, Site] = {}
@@ -133,6 +137,7 @@ class Daemon:
         self.worker = ns.NamespaceWorker()
         self._read_host_resolv_conf()
         await self._restore_saved()
+        await self.backend.start(self)
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT; SIGHUP reloads settings."""
@@ -155,6 +160,7 @@ class Daemon:
             await self.shutdown()
 
     async def shutdown(self) -> None:
+        await self.backend.close()
         async with self.lock:
             for netns in list(self.sites):
                 await self._detach(netns, restore=self.settings.restore_resolv_conf_on_exit, keep_record=True)
@@ -227,16 +233,48 @@ class Daemon:
     def _apply(self, event: m.Event) -> m.Change:
         change = self.registry.apply(event)
         self._refresh_views(change)
+        if self._unsaved is not None:
+            self._unsaved.extend(change.records)
         return change
 
     async def _save(self, dirty: Iterable[str] | None = None) -> None:
         """Persist the change just made (`dirty`: the sandboxes whose records it may have changed;
         None: any). The diff is taken here, in order; the disk write runs off the loop."""
-        prepared = self.store.prepare(self.registry.state, self.records, dirty)
+        touched, self._unsaved = self._unsaved, []
+        if dirty is None or touched is None:
+            dirty = touched = None
+        prepared = self.store.prepare(self.registry.state, self.records, dirty, touched)
         if self.store.needs_sync(prepared):
             await asyncio.to_thread(self.store.write, prepared)
         else:
             self.store.write(prepared)
+        self.backend.local_changed()
+
+    # ---- the shared registry (global networks; see resolver/backends) ----------------------------------
+
+    async def _publish(self, event: m.Event) -> None:
+        """Validate a network or service change, then share it (global networks) before it is applied."""
+        registry_apply(self.registry.state, event)
+        await self.backend.publish(event, self.registry.state)
+
+    def local_state(self) -> m.State:
+        return self.registry.state
+
+    async def apply_remote(self, plan: Callable[[m.State], Sequence[m.Event]]) -> list[str]:
+        """Apply other hosts' records; a refused record is reported (the backend retries it). They are
+        saved too, as the last known state of the shared registry."""
+        refused: list[str] = []
+        async with self.lock:
+            applied = 0
+            for event in plan(self.registry.state):
+                try:
+                    self._apply(event)
+                    applied += 1
+                except RegistryError as exc:
+                    refused.append(f"{type(event).__name__} {exc.message}")
+            if applied:
+                await self._save(dirty=())
+        return refused
 
     # ---- attach / detach -----------------------------------------------------------------------------
 
@@ -360,6 +398,7 @@ class Daemon:
     async def _restore_saved(self) -> None:
         saved = self.store.load()
         self.registry = saved.registry
+        self._unsaved = None  # the state was replaced whole: the next save compares everything
         self.records = saved.sandboxes
         self.views = Views()
         for netns in list(self.registry.state.sandboxes):
@@ -443,23 +482,27 @@ class Daemon:
 
     async def create_network(self, event: m.CreateNetwork) -> m.Network:
         async with self.lock:
+            await self._publish(event)
             self._apply(event)
             await self._save()
             return self.registry.state.networks[event.name]
 
     async def remove_network(self, name: str) -> None:
         async with self.lock:
+            await self._publish(m.RemoveNetwork(name))
             self._apply(m.RemoveNetwork(name))
             await self._save()
 
     async def create_service(self, event: m.CreateService) -> m.Service:
         async with self.lock:
+            await self._publish(event)
             self._apply(event)
             await self._save()
             return self.registry.state.services[(event.network, event.name)]
 
     async def remove_service(self, network: str, name: str) -> None:
         async with self.lock:
+            await self._publish(m.RemoveService(network, name))
             self._apply(m.RemoveService(network, name))
             await self._save()
 
@@ -516,6 +559,7 @@ class Daemon:
             "host_upstreams": list(self.host_servers),
             "upstreams_down": self.forwarder.health.down(),
             "generation": state.generation,
+            "registry": self.backend.status(),
             "cache": None
             if self.cache is None
             else {
