@@ -103,6 +103,8 @@ class Daemon:
         self.flags = flags or {}
         self.store = Store(settings.state_dir)
         self.registry = Registry()
+        self._unsaved: list[tuple[str, Any]] | None = None
+        """Records the changes since the last save named (None: compare whole states at the next save)."""
         self.backend = backends.create(settings)
         self.views = Views()
         self.records: dict[str, SandboxRecord] = {}
@@ -231,12 +233,17 @@ class Daemon:
     def _apply(self, event: m.Event) -> m.Change:
         change = self.registry.apply(event)
         self._refresh_views(change)
+        if self._unsaved is not None:
+            self._unsaved.extend(change.records)
         return change
 
     async def _save(self, dirty: Iterable[str] | None = None) -> None:
         """Persist the change just made (`dirty`: the sandboxes whose records it may have changed;
         None: any). The diff is taken here, in order; the disk write runs off the loop."""
-        prepared = self.store.prepare(self.registry.state, self.records, dirty)
+        touched, self._unsaved = self._unsaved, []
+        if dirty is None or touched is None:
+            dirty = touched = None
+        prepared = self.store.prepare(self.registry.state, self.records, dirty, touched)
         if self.store.needs_sync(prepared):
             await asyncio.to_thread(self.store.write, prepared)
         else:
@@ -391,6 +398,7 @@ class Daemon:
     async def _restore_saved(self) -> None:
         saved = self.store.load()
         self.registry = saved.registry
+        self._unsaved = None  # the state was replaced whole: the next save compares everything
         self.records = saved.sandboxes
         self.views = Views()
         for netns in list(self.registry.state.sandboxes):

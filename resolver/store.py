@@ -198,8 +198,14 @@ def _sandbox_doc(state: m.State, netns: str, records: dict[str, SandboxRecord]) 
 
 
 def _delta(
-    saved: _Saved, state: m.State, records: dict[str, SandboxRecord], dirty: Iterable[str] | None
+    saved: _Saved,
+    state: m.State,
+    records: dict[str, SandboxRecord],
+    dirty: Iterable[str] | None,
+    touched: Iterable[tuple[str, Any]] | None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    if touched is not None and dirty is not None:
+        return _targeted_delta(saved, state, records, [*touched, *(("sandboxes", n) for n in dirty)])
     put: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
     deleted: dict[str, list[str]] = {kind: [] for kind in KINDS}
     old = saved.state
@@ -215,14 +221,56 @@ def _delta(
     if old.sandboxes is not state.sandboxes:
         candidates += [n for n, sb in state.sandboxes.items() if old.sandboxes.get(n) is not sb]
     for netns in dict.fromkeys(candidates):
-        doc = _sandbox_doc(state, netns, records)
-        if saved.sandboxes.get(netns) != doc:
-            put["sandboxes"][netns] = saved.sandboxes[netns] = doc
+        _sandbox_delta(saved, state, records, netns, put, deleted)
     for netns in [n for n in saved.sandboxes if n not in state.sandboxes]:
-        del saved.sandboxes[netns]
-        deleted["sandboxes"].append(netns)
+        _sandbox_delta(saved, state, records, netns, put, deleted)
     saved.state = state
     return put, deleted
+
+
+_ENCODERS: dict[str, Any] = {
+    "networks": (str, m.Network.to_dict),
+    "services": ("/".join, m.Service.to_dict),
+    "endpoints": ("/".join, m.Endpoint.to_dict),
+}
+
+
+def _targeted_delta(
+    saved: _Saved, state: m.State, records: dict[str, SandboxRecord], touched: list[tuple[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """The delta when the records that may have changed are known: each is written as it is now (or
+    deleted), so a key named twice or needlessly costs a few bytes, never a wrong state."""
+    put: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    deleted: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    for kind, key in dict.fromkeys(touched):
+        if kind == "sandboxes":
+            _sandbox_delta(saved, state, records, key, put, deleted)
+            continue
+        encode_key, encode_one = _ENCODERS[kind]
+        value = getattr(state, kind).get(key)
+        if value is None:
+            deleted[kind].append(encode_key(key))
+        else:
+            put[kind][encode_key(key)] = encode_one(value)
+    saved.state = state
+    return put, deleted
+
+
+def _sandbox_delta(
+    saved: _Saved,
+    state: m.State,
+    records: dict[str, SandboxRecord],
+    netns: str,
+    put: dict[str, dict[str, Any]],
+    deleted: dict[str, list[str]],
+) -> None:
+    if netns not in state.sandboxes:
+        if saved.sandboxes.pop(netns, None) is not None:
+            deleted["sandboxes"].append(netns)
+        return
+    doc = _sandbox_doc(state, netns, records)
+    if saved.sandboxes.get(netns) != doc:
+        put["sandboxes"][netns] = saved.sandboxes[netns] = doc
 
 
 def _replay(keyed: dict[str, dict[str, Any]], line: Doc) -> None:
@@ -313,22 +361,35 @@ class Store:
     # ---- saving -------------------------------------------------------------------------------------
 
     def save(
-        self, state: m.State, sandboxes: dict[str, SandboxRecord], dirty: Iterable[str] | None = None
+        self,
+        state: m.State,
+        sandboxes: dict[str, SandboxRecord],
+        dirty: Iterable[str] | None = None,
+        touched: Iterable[tuple[str, Any]] | None = None,
     ) -> None:
-        """Persist `state`; `dirty` names the sandboxes whose records may have changed (None: any)."""
-        self.write(self.prepare(state, sandboxes, dirty))
+        """Persist `state`; see `prepare` for `dirty` and `touched`."""
+        self.write(self.prepare(state, sandboxes, dirty, touched))
 
     def prepare(
-        self, state: m.State, sandboxes: dict[str, SandboxRecord], dirty: Iterable[str] | None = None
+        self,
+        state: m.State,
+        sandboxes: dict[str, SandboxRecord],
+        dirty: Iterable[str] | None = None,
+        touched: Iterable[tuple[str, Any]] | None = None,
     ) -> bytes | None:
         """The journal line for what changed since the last save (None when nothing did), or a whole
-        snapshot's worth of work when the journal is due for compaction. Call from one thread only."""
+        snapshot's worth of work when the journal is due for compaction. Call from one thread only.
+
+        `dirty` names the sandboxes whose daemon records may have changed, `touched` the registry
+        records the applied changes named (`Change.records`); given both, only those are looked at
+        (a join then costs the same whatever the size of the state), otherwise the whole state is
+        compared with the last save."""
         if self._saved is None or self._journal_bytes > max(self.MIN_COMPACT_BYTES, self._snapshot_bytes):
             doc = encode(state, sandboxes)
             self._saved = _Saved(state, {k: dict(v) for k, v in doc["sandboxes"].items()})
             doc["journal_seq"] = self._seq
             return b"S" + json.dumps(doc, separators=(",", ":")).encode()
-        put, deleted = _delta(self._saved, state, sandboxes, dirty)
+        put, deleted = _delta(self._saved, state, sandboxes, dirty, touched)
         if not any(put.values()) and not any(deleted.values()):
             return None
         self._seq += 1

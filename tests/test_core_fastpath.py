@@ -134,6 +134,29 @@ def test_fast_path_matches_general_path_hypothesis(
     _compare(netns, _plain_query(spelled, qtype, qid, rd, ad))
 
 
+def test_exact_spellings_are_answered_identically() -> None:
+    """Lower-case queries of constant answers join the exact-spelling table on their first fast answer;
+    asked again (any id, same header) they are answered from it with the general path's bytes. Mixed
+    case and rotating answers never join it."""
+    rng = random.Random(0xE8AC7)
+    for _ in range(3000):
+        netns, name, qtype = rng.choice(READY)
+        spelled = name.lower() if rng.random() < 0.8 else _spelled(rng, name)
+        _compare(
+            netns, _plain_query(spelled, qtype, rng.randrange(65536), rng.random() < 0.7, rng.random() < 0.3)
+        )
+    learned = [exact for one, _ in TWINS.values() for exact in one.table.exact]
+    assert len(learned) > 100
+    for key in learned:
+        question = key[10:]
+        assert question == question.lower()
+    one, two = TWINS[CLIENT]
+    rotating = _plain_query("tasks.api.", "A", 1, True, False)
+    for _ in range(3):
+        assert fast_reply(rotating, one.table) == _general_wire(rotating, two)
+    assert rotating[2:] not in one.table.exact
+
+
 def test_respond_uses_the_fast_answer() -> None:
     one, two = TWINS[CLIENT]
     wire = _plain_query("WEB.backend.", "A", 0x7777, True, False)

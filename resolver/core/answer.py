@@ -26,7 +26,7 @@ from resolver import __version__
 from resolver.core import wire as w
 from resolver.core.actions import Action, Drop, Forward, Reply
 from resolver.core.cache import CachedAnswer, Entry
-from resolver.core.local import PLAIN_UDP_LIMIT, LocalAnswer, Prepared, prepared
+from resolver.core.local import PLAIN_UDP_LIMIT, LocalAnswer, Prepared, learn_exact, prepared
 from resolver.registry.view import NameTable, View
 
 Transport = Literal["udp", "tcp"]
@@ -61,9 +61,16 @@ def fast_entry(wire: bytes, table: NameTable) -> Prepared | None:
 
 
 def fast_reply(wire: bytes, table: NameTable) -> bytes | None:
-    """Answer a plain query for a prepared local name, or None to take the general path."""
+    """Answer a plain query for a prepared local name, or None to take the general path (what the UDP
+    listener does inline: an exact spelling first, then the lower-cased name)."""
+    exact = table.exact.get(wire[2:])
+    if exact is not None:
+        return wire[:2] + exact.tail
     entry = fast_entry(wire, table)
-    return None if entry is None else entry.fast_reply(wire)
+    if entry is None:
+        return None
+    learn_exact(wire, table, entry)
+    return entry.fast_reply(wire)
 
 
 def fast_cached_reply(wire: bytes, view: View, now: float) -> bytes | None:
@@ -90,6 +97,9 @@ def respond(
     wire: bytes, view: View, cache: ForwardCache | None, now: float, transport: Transport = "udp"
 ) -> Action:
     """Decide what to do with one query datagram or TCP message from a sandbox."""
+    exact = view.table.exact.get(wire[2:])
+    if exact is not None:
+        return Reply(wire[:2] + exact.tail, exact.rule)
     entry = fast_entry(wire, view.table)
     if entry is not None:
         return Reply(entry.fast_reply(wire), entry.answer.rule)

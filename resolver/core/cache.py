@@ -113,6 +113,18 @@ def _encode(rrsets: list[dns.rrset.RRset], qname: dns.name.Name, max_ttl: int) -
     return tuple(records)
 
 
+def _may_cache(reply: bytes) -> bool:
+    """What the header alone rules out, before any parsing: truncation, an rcode other than NOERROR
+    and NXDOMAIN, and a negative answer without an authority section (it cannot carry an SOA)."""
+    if len(reply) < 12 or reply[2] & 0x02:
+        return False
+    rcode = reply[3] & 0x0F
+    if rcode not in (w.NOERROR, w.NXDOMAIN):
+        return False
+    answers, authority = (reply[6] << 8) | reply[7], (reply[8] << 8) | reply[9]
+    return authority > 0 or (rcode == w.NOERROR and answers > 0)
+
+
 def _counted_down(records: tuple[CachedRecord, ...], elapsed: int) -> tuple[bytes, ...]:
     return tuple(r.head + struct.pack("!I", max(0, r.ttl - elapsed)) + r.tail for r in records)
 
@@ -147,6 +159,8 @@ class AnswerCache:
 
     def store(self, forward: Forward, reply: bytes, now: float) -> bool:
         """Cache the answer of an accepted upstream reply; False when it is not cacheable."""
+        if not _may_cache(reply):
+            return False
         try:
             message = dns.message.from_wire(reply, ignore_trailing=True)
         except (dns.exception.DNSException, ValueError):

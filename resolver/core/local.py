@@ -26,6 +26,26 @@ FAST_TYPES = frozenset({w.A, w.AAAA, w.PTR})
 PLAIN_UDP_LIMIT = 512
 MAX_ROTATIONS = 10_000
 MAX_FAST_NXDOMAIN = 10_000
+FAST_COUNTERS = 32
+"""Counter slots of the fast paths, one per (query type bytes, rule) pair; the last one takes overflow."""
+COUNTER_LABELS: list[tuple[bytes, str]] = []
+_counter_slots: dict[tuple[bytes, str], int] = {}
+
+
+def counter_slot(qtype: bytes, rule: str) -> int:
+    """The index of the fast-path counter for (raw qtype, rule): a list index costs less than a key."""
+    slot = _counter_slots.get((qtype, rule))
+    if slot is None:
+        if len(COUNTER_LABELS) >= FAST_COUNTERS - 1:
+            return FAST_COUNTERS - 1
+        slot = _counter_slots[(qtype, rule)] = len(COUNTER_LABELS)
+        COUNTER_LABELS.append((qtype, rule))
+    return slot
+
+
+for _rule in ("local", "nodata", "nxdomain", "cache"):
+    for _qtype in (w.A, w.AAAA, w.PTR):
+        counter_slot(_qtype.to_bytes(2, "big"), _rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +182,31 @@ class Prepared:
         self.turn = turn + 1 if turn + 1 < self.rotations else 0
         body = self.plain_bodies[turn] or self.plain_body(turn)
         return query[:2] + self.prefixes[query[2] & 1] + query[12:] + body
+
+
+class Exact:
+    """The constant reply to one exact query spelling (header after the id, question as asked): the
+    fast path sends the client's id followed by `tail`, one concatenation per query."""
+
+    __slots__ = ("rule", "slot", "tail")
+
+    def __init__(self, tail: bytes, slot: int, rule: str) -> None:
+        self.tail = tail
+        self.slot = slot
+        self.rule = rule
+
+
+def learn_exact(query: bytes, table: NameTable, entry: Prepared) -> int:
+    """The counter slot of a plain query answered by `entry`. When its reply never changes (no
+    rotation) and the question is in lower case (as most resolvers send it), the query's exact
+    spelling joins `table.exact`; that bounds it to four header variants per fast entry."""
+    slot = counter_slot(query[-4:-2], entry.answer.rule)
+    if entry.rotations == 1:
+        question = query[12:]
+        if question == question.lower():
+            tail = entry.prefixes[query[2] & 1] + question + entry.plain_body(0)
+            table.exact[query[2:]] = Exact(tail, slot, entry.answer.rule)
+    return slot
 
 
 def prepared(table: NameTable, key: bytes, qtype: int) -> Prepared | LocalAnswer | None:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 ServiceMode = Literal["vip", "dnsrr"]
 Scope = Literal["local", "global"]
@@ -270,3 +270,6 @@ class Change:
     """Sandboxes whose own record changed (endpoints or upstreams), beyond what the networks say."""
     joined: Endpoint | None = None
     """The endpoint a join added, so views can extend a table instead of rebuilding it."""
+    records: tuple[tuple[str, Any], ...] = ()
+    """(kind, key) of every record the event put or deleted: "networks", "services", "endpoints" or
+    "sandboxes", keyed as in `State`; what a store needs to write, without comparing whole states."""

@@ -5,8 +5,8 @@ first network in the sandbox's endpoint order winning a name both define). Sandb
 same networks share one table. A `View` adds the sandbox's upstream servers. Tables are rebuilt only
 when one of their networks changed; a query holds the view it started with for its whole life.
 
-`NameTable.memo` is a slot the answering core fills with prepared answers; it belongs to one table and
-is dropped with it, so a stale answer can never outlive a change.
+`NameTable.memo`, `fast` and `exact` are slots the answering core fills with prepared answers; they
+belong to one table and are dropped with it, so a stale answer can never outlive a change.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class NameTable:
     may_forward: bool
     memo: dict = field(default_factory=dict)
     fast: dict = field(default_factory=dict)
+    exact: dict = field(default_factory=dict)
 
     def authority_for(self, key: bytes) -> Zone | None:
         """The authoritative (domain) zone that `key` falls under, if any."""
@@ -208,9 +209,14 @@ def _build_network(state: State, network: Network) -> _TableBuilder:
 
 def merge_tables(networks: tuple[Network, ...], per_network: Sequence[Mapping[bytes, NameData]]) -> NameTable:
     """Union of the networks' names; the first network (in sandbox order) wins a shared name."""
-    names: dict[bytes, NameData] = {}
-    for table in reversed(per_network):
-        names.update(table)
+    names: Mapping[bytes, NameData]
+    if len(per_network) == 1:
+        names = per_network[0]  # published tables are never changed, so one network's is shared as is
+    else:
+        merged: dict[bytes, NameData] = {}
+        for table in reversed(per_network):
+            merged.update(table)
+        names = merged
     domains = tuple(
         (wire_key(n.domain), Zone(n.domain, n.ttl, True)) for n in networks if n.domain is not None
     )

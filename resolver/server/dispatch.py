@@ -99,7 +99,10 @@ class Dispatcher:
                 started,
             )
         elif isinstance(action, Forward):
-            task = asyncio.ensure_future(self._forward(action, view, transport, send, started))
+            # create_task, not ensure_future: that one spends microseconds proving it got a coroutine
+            task = asyncio.get_running_loop().create_task(
+                self._forward(action, view, transport, send, started)
+            )
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             return task

@@ -25,6 +25,7 @@ from resolver.server.metrics import Metrics
 from resolver.server.upstream import (
     PROBE_QUESTION,
     Health,
+    ReplyWatch,
     SocketFactory,
     UpstreamError,
     ask,
@@ -59,6 +60,7 @@ class Forwarder:
         self.per_sandbox: Counter[str] = Counter()
         self.upstream_queries = 0
         self._inflight: dict[tuple, asyncio.Future[bytes | None]] = {}
+        self._watch: ReplyWatch | None = None
 
     def reconfigure(self, settings: Settings) -> None:
         self.settings = settings
@@ -66,6 +68,15 @@ class Forwarder:
     def close(self) -> None:
         for probe in self._probes:
             probe.cancel()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    def watch(self) -> ReplyWatch:
+        """The reply watcher of the running loop (made on first use, closed by `close`)."""
+        if self._watch is None:
+            self._watch = ReplyWatch(asyncio.get_running_loop())
+        return self._watch
 
     def over_limit(self, sandbox: str) -> str | None:
         if self.total >= self.settings.limits_inflight_total:
@@ -83,9 +94,9 @@ class Forwarder:
         self.total += 1
         self.per_sandbox[sandbox] += 1
         try:
-            do = forward.do
-            reply = await self._shared(forward, sandbox, do, tcp)
-            relayed = None if reply is None else fw.relay(reply, forward)
+            reply, relayed = await self._shared(forward, sandbox, forward.do, tcp)
+            if relayed is None and reply is not None:
+                relayed = fw.relay(reply, forward)
             if relayed is None:
                 return fw.servfail(forward), "servfail"
             return relayed, "upstream"
@@ -95,37 +106,41 @@ class Forwarder:
             if not self.per_sandbox[sandbox]:
                 del self.per_sandbox[sandbox]
 
-    async def _shared(self, forward: Forward, sandbox: str, do: bool, tcp: bool) -> bytes | None:
+    async def _shared(
+        self, forward: Forward, sandbox: str, do: bool, tcp: bool
+    ) -> tuple[bytes | None, bytes | None]:
         """Identical questions in flight share one upstream exchange: the first asker runs it, the
-        others wait for its result."""
+        others wait for its result. Returns the upstream reply and, for the first asker, the reply
+        already relayed to it."""
         key = (forward.scope, forward.key, forward.qtype, do, tcp)
         pending = self._inflight.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)
+            return await asyncio.shield(pending), None
         pending = self._inflight[key] = asyncio.get_running_loop().create_future()
-        reply = None
+        fetched = None
         try:
-            reply = await self._fetch(forward, sandbox, do, tcp)
+            fetched = await self._fetch(forward, sandbox, do, tcp)
         finally:
             del self._inflight[key]
-            pending.set_result(reply)
-        return reply
+            pending.set_result(None if fetched is None else fetched[0])
+        return (None, None) if fetched is None else fetched
 
-    async def _fetch(self, forward: Forward, sandbox: str, do: bool, tcp: bool) -> bytes | None:
+    async def _fetch(self, forward: Forward, sandbox: str, do: bool, tcp: bool) -> tuple[bytes, bytes] | None:
         candidates = self.health.order(forward.upstreams, sandbox)[
             : max(1, self.settings.upstream_max_attempts)
         ]
         for upstream in candidates:
-            reply = await self._attempt(forward, sandbox, upstream, do, tcp)
-            if reply is not None:
+            answered = await self._attempt(forward, sandbox, upstream, do, tcp)
+            if answered is not None:
                 if self.cache is not None:
-                    self.cache.store(forward, reply, time.time())
-                return reply
+                    self.cache.store(forward, answered[0], time.time())
+                return answered
         return None
 
     async def _attempt(
         self, forward: Forward, sandbox: str, upstream: Upstream, do: bool, tcp: bool
-    ) -> bytes | None:
+    ) -> tuple[bytes, bytes] | None:
+        """The reply of one server and its relayed form, or None when the server failed."""
         make_socket = self.sandbox_sockets(sandbox) if upstream.from_sandbox else host_socket
 
         async def exchange(over_tcp: bool) -> bytes:
@@ -137,6 +152,7 @@ class Forwarder:
                 forward.question,
                 self.settings.upstream_timeout,
                 over_tcp,
+                self.watch(),
             )
 
         try:
@@ -154,11 +170,12 @@ class Forwarder:
         if fw.verdict(reply) is fw.Verdict.TRY_NEXT:
             self._failed(upstream, f"rcode-{reply[3] & 0x0F}", "answered with an error rcode")
             return None
-        if fw.relay(reply, forward) is None:
+        relayed = fw.relay(reply, forward)
+        if relayed is None:
             self._failed(upstream, "malformed", "sent a reply that cannot be relayed")
             return None
         self.health.succeeded(upstream, sandbox)
-        return reply
+        return reply, relayed
 
     def _start_probe(self, upstream: Upstream, sandbox: str, make_socket: SocketFactory) -> None:
         log.warning("upstream %s timed out; skipping it until it answers a probe", upstream.address)
@@ -173,7 +190,13 @@ class Forwarder:
                 return
             try:
                 await ask(
-                    make_socket, upstream, probe_query, PROBE_QUESTION, self.settings.upstream_timeout, False
+                    make_socket,
+                    upstream,
+                    probe_query,
+                    PROBE_QUESTION,
+                    self.settings.upstream_timeout,
+                    False,
+                    self.watch(),
                 )
             except Exception:
                 continue

@@ -1,9 +1,13 @@
 """UDP and TCP serving of one sandbox's sockets.
 
-UDP: the fast path runs inline in `datagram_received` (prepared answers need no task); everything else
+UDP: the fast path runs inline in `datagram_received` (prepared answers need no task): a query spelt
+exactly like one answered before costs one dictionary lookup and one concatenation; everything else
 goes through the dispatcher. TCP (RFC 7766): 2-byte length framing read exactly, several queries per
 connection answered concurrently and out of order (bounded per connection), an idle timeout, a cap on
-connections per sandbox; a short or broken frame closes the connection. TC is never set over TCP.
+connections per sandbox (a connection over it is closed at once); a short or broken frame closes the
+connection. A client that does not read its replies is not read from either, and is closed when it has
+not taken them within the idle timeout, so unread replies cannot pile up in memory. TC is never set over
+TCP.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from resolver.core.answer import fast_cached_reply, fast_entry
+from resolver.core.local import learn_exact
 from resolver.server.metrics import FastCounts
 
 if TYPE_CHECKING:
@@ -29,6 +34,7 @@ class UdpListener(asyncio.DatagramProtocol):
     def __init__(self, site: Site, counts: FastCounts) -> None:
         self.site = site
         self.counts = counts
+        self.local_counts = counts.local
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -38,11 +44,19 @@ class UdpListener(asyncio.DatagramProtocol):
             transport.max_size = UDP_RECEIVE_SIZE  # type: ignore[attr-defined]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        exact = self.site.view.table.exact.get(data[2:])
+        if exact is not None:
+            self.local_counts[exact.slot] += 1
+            self.transport.sendto(data[:2] + exact.tail, addr)  # type: ignore[union-attr]
+            return
+        self._not_exact(data, addr)
+
+    def _not_exact(self, data: bytes, addr: tuple[str, int]) -> None:
         site = self.site
         view = site.view
         entry = fast_entry(data, view.table)
         if entry is not None:
-            self.counts.local[(data[-4:-2], entry.answer.rule)] += 1
+            self.local_counts[learn_exact(data, view.table, entry)] += 1
             self.transport.sendto(entry.fast_reply(data), addr)  # type: ignore[union-attr]
             return
         if view.cached:
@@ -76,6 +90,9 @@ class TcpConnection:
     async def serve(self) -> None:
         try:
             while (message := await self._read_frame()) is not None:
+                if not await self._replies_taken():
+                    self.writer.transport.abort()  # close() would wait for the client to read them
+                    break
                 await self.slots.acquire()
                 task = self.site.dispatcher.answer(message, self.site.view, "tcp", self._send, self.pending)
                 if task is None:
@@ -88,6 +105,19 @@ class TcpConnection:
             self.writer.close()
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
+
+    async def _replies_taken(self) -> bool:
+        """Backpressure: once the replies waiting to be sent pass the transport's high-water mark, wait
+        (up to the idle timeout) for the client to read them; False when it did not."""
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+            return True
+        try:
+            async with asyncio.timeout(self.site.settings.tcp_idle_timeout):
+                await self.writer.drain()
+        except (TimeoutError, ConnectionError):
+            return False
+        return True
 
     def _send(self, wire: bytes) -> None:
         if not self.writer.is_closing():

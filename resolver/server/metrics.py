@@ -12,6 +12,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from resolver.core import wire as w
+from resolver.core.local import COUNTER_LABELS, FAST_COUNTERS
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _TYPE_NAMES = {
@@ -35,13 +36,20 @@ def type_name(qtype: int) -> str:
 
 
 class FastCounts:
-    """Queries the fast paths answered: local ones by (raw qtype bytes, rule), cached ones by qtype."""
+    """Queries the fast paths answered: local ones in a list indexed by the core's counter slot (see
+    `resolver.core.local.counter_slot`), cached ones by raw qtype bytes."""
 
     __slots__ = ("cached", "local")
 
     def __init__(self) -> None:
-        self.local: Counter[tuple[bytes, str]] = Counter()
+        self.local: list[int] = [0] * FAST_COUNTERS
         self.cached: Counter[bytes] = Counter()
+
+    def local_items(self) -> Iterator[tuple[tuple[bytes, str], int]]:
+        """((raw qtype, rule), count) of every local counter in use."""
+        for slot, n in enumerate(self.local):
+            if n:
+                yield (COUNTER_LABELS[slot] if slot < len(COUNTER_LABELS) else (b"", "other")), n
 
 
 class Metrics:
@@ -64,7 +72,7 @@ class Metrics:
         self.latency_sum += seconds
 
     def total_queries(self) -> int:
-        return sum(self.queries.values()) + sum(self.fast.local.values()) + sum(self.fast.cached.values())
+        return sum(self.queries.values()) + sum(self.fast.local) + sum(self.fast.cached.values())
 
     def render(self) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
@@ -84,7 +92,7 @@ class _Collector:
             labels=["type", "outcome", "source", "transport"],
         )
         merged: Counter[tuple[str, str, str, str]] = Counter(m.queries)
-        for (qtype_bytes, rule), n in m.fast.local.items():
+        for (qtype_bytes, rule), n in m.fast.local_items():
             merged[(type_name(int.from_bytes(qtype_bytes, "big")), rule, "local", "udp")] += n
         for qtype_bytes, n in m.fast.cached.items():
             merged[(type_name(int.from_bytes(qtype_bytes, "big")), "cache", "cache", "udp")] += n

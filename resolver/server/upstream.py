@@ -10,18 +10,21 @@ namespace worker; the event loop thread never switches namespace.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import ipaddress
 import secrets
+import select
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from resolver.core import forward as fw
 from resolver.registry.model import Upstream
 
 SocketFactory = Callable[[Upstream, int], Awaitable[socket.socket]]
+PoolKey = tuple[str, socket.AddressFamily, int]
 
 
 class UpstreamError(Exception):
@@ -73,27 +76,62 @@ def _new_sockets(family: socket.AddressFamily, kind: int, count: int) -> list[so
 class SocketPool:
     """Fresh, never-used sockets made inside sandboxes in batches, so one trip through the namespace
     worker serves many upstream queries. Each socket is used for one query and closed: the kernel
-    still picks a new random source port at connect time. `drop` closes a sandbox's spare sockets,
-    which would otherwise keep its namespace alive."""
+    still picks a new random source port at connect time. One refill per (sandbox, family, kind) runs
+    at a time and starts when half the batch is used, so queries rarely wait for the worker and a
+    burst never sends one trip per waiting query. `drop` closes a sandbox's spare sockets (they would
+    keep its namespace alive), and sockets of a refill that finishes after the drop are closed too."""
 
-    def __init__(self, run_in: Callable[..., Awaitable[list[socket.socket]]], batch: int = 32) -> None:
+    def __init__(self, run_in: Callable[..., Awaitable[list[socket.socket]]], batch: int = 64) -> None:
         self.run_in = run_in
         self.batch = batch
-        self._spare: dict[tuple[str, socket.AddressFamily, int], list[socket.socket]] = {}
+        self._spare: dict[PoolKey, list[socket.socket]] = {}
+        self._refills: dict[PoolKey, asyncio.Future[None]] = {}
+        self._stale: set[PoolKey] = set()
+        self._factories: dict[str, SocketFactory] = {}
 
     def factory(self, sandbox: str) -> SocketFactory:
-        async def make(upstream: Upstream, kind: int) -> socket.socket:
-            key = (sandbox, _family(upstream.address), kind)
-            spare = self._spare.get(key)
-            if not spare:
-                made = await self.run_in(sandbox, _new_sockets, key[1], kind, self.batch)
-                spare = self._spare.setdefault(key, [])
-                spare.extend(made)
-            return spare.pop()
+        make = self._factories.get(sandbox)
+        if make is None:
 
+            async def make(upstream: Upstream, kind: int) -> socket.socket:
+                return await self._take((sandbox, _family(upstream.address), kind))
+
+            self._factories[sandbox] = make
         return make
 
+    async def _take(self, key: PoolKey) -> socket.socket:
+        while True:
+            spare = self._spare.get(key)
+            if spare:
+                if len(spare) <= self.batch // 2:
+                    self._refill(key)
+                return spare.pop()
+            await asyncio.shield(self._refill(key))
+
+    def _refill(self, key: PoolKey) -> asyncio.Future[None]:
+        pending = self._refills.get(key)
+        if pending is None:
+            pending = self._refills[key] = asyncio.ensure_future(self._make(key))
+            pending.add_done_callback(_consume_error)
+        return pending
+
+    async def _make(self, key: PoolKey) -> None:
+        sandbox, family, kind = key
+        try:
+            made = await self.run_in(sandbox, _new_sockets, family, kind, self.batch)
+        finally:
+            del self._refills[key]
+            stale = key in self._stale
+            self._stale.discard(key)
+        if stale:
+            for sock in made:
+                sock.close()
+            raise UpstreamError("network", f"sandbox {sandbox} left while its sockets were made")
+        self._spare.setdefault(key, []).extend(made)
+
     def drop(self, sandbox: str) -> None:
+        self._stale.update(k for k in self._refills if k[0] == sandbox)
+        self._factories.pop(sandbox, None)
         for key in [k for k in self._spare if k[0] == sandbox]:
             for sock in self._spare.pop(key):
                 sock.close()
@@ -101,6 +139,12 @@ class SocketPool:
     def close(self) -> None:
         for sandbox in {k[0] for k in self._spare}:
             self.drop(sandbox)
+
+
+def _consume_error(future: asyncio.Future[None]) -> None:
+    """A refill that failed is reported to the queries waiting for it; nothing is left to log."""
+    if not future.cancelled():
+        future.exception()
 
 
 ServerKey = tuple[str | None, str, int]
@@ -118,9 +162,11 @@ class Health:
     def __init__(self) -> None:
         self._down: set[ServerKey] = set()
 
-    def order(self, upstreams: tuple[Upstream, ...], sandbox: str) -> list[Upstream]:
+    def order(self, upstreams: tuple[Upstream, ...], sandbox: str) -> Sequence[Upstream]:
+        if not self._down:
+            return upstreams
         up = [u for u in upstreams if server_key(u, sandbox) not in self._down]
-        return up or list(upstreams)
+        return up or upstreams
 
     def failed(self, upstream: Upstream, sandbox: str) -> bool:
         """Mark the server down; True if it was up (the caller then starts probing it)."""
@@ -148,15 +194,105 @@ def probe_query(query_id: int) -> bytes:
     return struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + PROBE_QUESTION
 
 
+class ReplyWatch:
+    """Waits for replies on upstream UDP sockets through one epoll instance that the loop watches, so
+    an exchange costs one epoll registration instead of a loop reader (a poll handle, an ioctl and
+    two epoll_ctl calls) plus a timer. Registrations are one-shot and vanish when the socket closes.
+    Deadlines are kept in arrival order and checked by one timer at the oldest: a deadline shortened
+    by a reconfiguration can fire late, by at most the old timeout."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._epoll = select.epoll()
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        loop.add_reader(self._epoll.fileno(), self._ready)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+
+    def readable(self, fd: int, first: bool, deadline: float) -> asyncio.Future[None]:
+        """A future done when `fd` is readable, or failing with TimeoutError at `deadline`."""
+        future = self.loop.create_future()
+        if first:
+            self._epoll.register(fd, _ONE_SHOT_IN)
+            self._deadlines.append((deadline, future))
+            if self._timer is None:
+                self._timer = self.loop.call_at(deadline, self._expire)
+        else:
+            self._epoll.modify(fd, _ONE_SHOT_IN)
+            self._deadlines.append((deadline, future))
+        self._waiting[fd] = future
+        return future
+
+    def forget(self, fd: int) -> None:
+        """Call before the socket closes (its number can be reused at once)."""
+        self._waiting.pop(fd, None)
+
+    def _ready(self) -> None:
+        waiting = self._waiting
+        for fd, _events in self._epoll.poll(0):
+            future = waiting.pop(fd, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def _expire(self) -> None:
+        now = self.loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            future = deadlines.popleft()[1]
+            if not future.done():
+                future.set_exception(TimeoutError())
+        self._timer = self.loop.call_at(deadlines[0][0], self._expire) if deadlines else None
+
+
+_ONE_SHOT_IN = select.EPOLLIN | select.EPOLLONESHOT
+
+
 async def exchange_udp(
-    sock: socket.socket, upstream: Upstream, query: bytes, query_id: int, question: bytes, timeout: float
+    sock: socket.socket,
+    upstream: Upstream,
+    query: bytes,
+    query_id: int,
+    question: bytes,
+    timeout: float,
+    watch: ReplyWatch | None = None,
 ) -> bytes:
     """Send `query` on a connected UDP socket and wait for the reply that matches it."""
+    if watch is None:
+        return await _exchange_udp_on_loop(sock, upstream, query, query_id, question, timeout)
+    deadline = watch.loop.time() + timeout
+    fd = sock.fileno()
+    first = True
+    with _as_upstream_error(upstream, "UDP", timeout):
+        # A UDP connect only sets the peer (the kernel then drops datagrams from anyone else); done
+        # directly, it also avoids the event loop's resolver thread for an address already numeric.
+        sock.connect((upstream.address, upstream.port))
+        sock.send(query)
+        try:
+            while True:
+                await watch.readable(fd, first, deadline)
+                first = False
+                try:
+                    data = sock.recv(65535)
+                except BlockingIOError:
+                    continue
+                if fw.matches(data, query_id, question):
+                    return data
+        finally:
+            watch.forget(fd)
+
+
+async def _exchange_udp_on_loop(
+    sock: socket.socket, upstream: Upstream, query: bytes, query_id: int, question: bytes, timeout: float
+) -> bytes:
     loop = asyncio.get_running_loop()
     with _as_upstream_error(upstream, "UDP", timeout):
         async with asyncio.timeout(timeout):
-            # A UDP connect only sets the peer (the kernel then drops datagrams from anyone else); done
-            # directly, it also avoids the event loop's resolver thread for an address already numeric.
             sock.connect((upstream.address, upstream.port))
             try:
                 sock.send(query)
@@ -223,11 +359,12 @@ async def ask(
     question: bytes,
     timeout: float,
     tcp: bool,
+    watch: ReplyWatch | None = None,
 ) -> bytes:
     """One attempt against one server with a fresh id and a fresh socket."""
     query_id = _query_ids.next()
-    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
-    sock = await make_socket(upstream, kind)
+    sock = await make_socket(upstream, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
     with contextlib.closing(sock):
-        exchange = exchange_tcp if tcp else exchange_udp
-        return await exchange(sock, upstream, query_for(query_id), query_id, question, timeout)
+        if tcp:
+            return await exchange_tcp(sock, upstream, query_for(query_id), query_id, question, timeout)
+        return await exchange_udp(sock, upstream, query_for(query_id), query_id, question, timeout, watch)
