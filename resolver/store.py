@@ -9,6 +9,8 @@ Rules:
   do not outlive the machine, and the kernel keeps what was written when the daemon dies (SIGKILL
   included). Lines that change networks or services, which do outlive a reboot, and snapshots are
   fsynced before the change is acknowledged;
+- a save that fails (full or read-only file system) raises OSError and leaves the files as they were:
+  a partial snapshot is removed, a partial journal line cut off;
 - when the journal outgrows the snapshot, the state is written as a new snapshot and the journal
   starts again; each line carries a sequence number and the snapshot the last one it includes, so a
   crash between the two steps replays nothing twice;
@@ -24,7 +26,6 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -280,6 +281,13 @@ def _replay(keyed: dict[str, dict[str, Any]], line: Doc) -> None:
         keyed[kind].update(line.get("put", {}).get(kind, {}))
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`: a write may be short (a nearly full file system); the rest follows or fails."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class Store:
     JOURNAL_FILE = "journal.jsonl"
     MIN_COMPACT_BYTES = 64 * 1024
@@ -421,13 +429,18 @@ class Store:
 
     def _write_snapshot(self, data: bytes) -> None:
         tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a partial file would hold the space the next save needs
+            raise
         self._fsync_directory()
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self.journal_path, 0)
@@ -437,8 +450,13 @@ class Store:
         created = not self.journal_path.exists()
         fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            if os.write(fd, line) != len(line):
-                raise OSError(errno.ENOSPC, "short write to the journal", str(self.journal_path))
+            end = os.fstat(fd).st_size
+            try:
+                _write_all(fd, line)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)  # no torn line in front of the next one
+                raise
             if sync:
                 os.fdatasync(fd)
         finally:
