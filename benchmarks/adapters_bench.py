@@ -111,9 +111,27 @@ def netns() -> Iterator[str]:
         shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
 
 
+def launcher(directory: Path, name: str, module: str) -> Path:
+    """`name` as a plain (non-editable) install would run it: no editable-install finder in `site`.
+
+    `pip install -e` makes every interpreter start import a finder (pathlib, urllib, ipaddress...); a
+    regular install has the package on sys.path. `-S` drops `site` altogether, so this is a lower bound.
+    """
+    directory.mkdir(exist_ok=True)
+    path = directory / name
+    path.write_text(
+        f"#!{VENV_BIN / 'python'} -S\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+        f"from {module} import main\nsys.exit(main())\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
 def interpreter_floor(runs: int) -> None:
-    walls = [timed(lambda: run(VENV_BIN / "python", "-c", "pass"))[0] for _ in range(runs)]
-    print(f"floor  python -c pass (this venv)             {ms(statistics.median(walls))}")
+    for label, args in (("python -c pass", ["-c", "pass"]), ("python -S -c pass", ["-S", "-c", "pass"])):
+        samples = [timed(partial(run, VENV_BIN / "python", *args)) for _ in range(runs)]
+        wall, cpu = (statistics.median(x) for x in zip(*samples, strict=True))
+        print(f"floor  {label:20s} (this venv): wall {ms(wall)}  CPU {ms(cpu)}")
 
 
 # ---- CNI -------------------------------------------------------------------------------------------------
@@ -122,9 +140,11 @@ def interpreter_floor(runs: int) -> None:
 def bench_cni(runs: int, tmp: Path) -> None:
     from tests.integration.test_cni import conflist, free_subnet
 
-    bin_dir = tmp / "cni-bin"
-    bin_dir.mkdir()
-    (bin_dir / "resolver-cni").symlink_to(VENV_BIN / "resolver-cni")
+    installed = tmp / "cni-installed"
+    installed.mkdir()
+    (installed / "resolver-cni").symlink_to(VENV_BIN / "resolver-cni")
+    plain = tmp / "cni-plain"
+    launcher(plain, "resolver-cni", "resolver.adapters.cni")
     tag = secrets.token_hex(3)
     bridge = f"{PREFIX}br{tag}"
     forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
@@ -133,8 +153,9 @@ def bench_cni(runs: int, tmp: Path) -> None:
             full = conflist(f"{PREFIX}n{tag}", bridge, free_subnet(), tmp, socket=str(socket))
             base = {**full, "plugins": full["plugins"][:1]}
             chains = {
-                "without": Chain(base, [bin_dir, CNI_DIR], tmp),
-                "with": Chain(full, [bin_dir, CNI_DIR], tmp),
+                "bridge + host-local": Chain(base, [CNI_DIR], tmp),
+                "+ resolver-cni (pip -e)": Chain(full, [installed, CNI_DIR], tmp),
+                "+ resolver-cni (plain)": Chain(full, [plain, CNI_DIR], tmp),
             }
             results: dict[str, dict[str, list[float]]] = {
                 k: {"add": [], "del": [], "cpu": []} for k in chains
@@ -142,40 +163,34 @@ def bench_cni(runs: int, tmp: Path) -> None:
             daemon_cpu: list[float] = []
             for i in range(runs + 1):  # the first round warms caches and is dropped
                 for label, chain in chains.items():
-                    container = f"{PREFIX}{label}{i}"
+                    container = f"{PREFIX}{i}{secrets.token_hex(4)}"
                     before = process_cpu(daemon_pid)
                     add, add_cpu = timed(partial(chain.add, container, f"/var/run/netns/{ns}", "bench"))
                     delete, del_cpu = timed(partial(chain.delete, container, f"/var/run/netns/{ns}"))
                     if i == 0:
                         continue
-                    if label == "with":
+                    if chain is not chains["bridge + host-local"]:
                         daemon_cpu.append(process_cpu(daemon_pid) - before)
                     results[label]["add"].append(add)
                     results[label]["del"].append(delete)
                     results[label]["cpu"].append(add_cpu + del_cpu)
-            own = [t.seconds for t in chains["with"].timings if t.plugin == "resolver-cni"]
     finally:
         run("ip", "link", "del", bridge, check=False)
         Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
     med = {label: {k: statistics.median(v) for k, v in r.items()} for label, r in results.items()}
-    print(f"cni    {runs} ADD+DEL rounds, bridge + host-local, one netns")
-    for label in ("without", "with"):
-        m = med[label]
-        print(
-            f"       {label:8s} resolver-cni: ADD {ms(m['add'])}  DEL {ms(m['del'])}  "
-            f"plugin CPU per ADD+DEL {ms(m['cpu'])}"
+    base_m = med["bridge + host-local"]
+    print(f"cni    {runs} ADD+DEL rounds on one netns (median; CPU = all plugin processes of ADD+DEL)")
+    for label, m in med.items():
+        added = (
+            ""
+            if m is base_m
+            else (
+                f"  added: ADD {ms(m['add'] - base_m['add'])} DEL {ms(m['del'] - base_m['del'])} "
+                f"CPU {ms(m['cpu'] - base_m['cpu'])}  (ADD {m['add'] / base_m['add']:.1f}x)"
+            )
         )
-    added_add = med["with"]["add"] - med["without"]["add"]
-    added_del = med["with"]["del"] - med["without"]["del"]
-    print(
-        f"       added by resolver-cni: ADD {ms(added_add)}  DEL {ms(added_del)}  "
-        f"(CPU {ms(med['with']['cpu'] - med['without']['cpu'])} in the plugin, "
-        f"{ms(statistics.median(daemon_cpu))} in the daemon per ADD+DEL)"
-    )
-    print(
-        f"       resolver-cni run alone: median {ms(statistics.median(own))} per invocation; "
-        f"ADD ratio with/without {med['with']['add'] / med['without']['add']:.2f}x"
-    )
+        print(f"       {label:24s} ADD {ms(m['add'])}  DEL {ms(m['del'])}  CPU {ms(m['cpu'])}{added}")
+    print(f"       daemon CPU per join+leave {ms(statistics.median(daemon_cpu))}")
 
 
 # ---- OCI hook ----------------------------------------------------------------------------------------------
@@ -188,11 +203,16 @@ def run_hook(hook: Path, socket: Path, state: dict[str, object]) -> None:
 
 
 def bench_hook(runs: int, podman_runs: int, tmp: Path) -> None:
-    hook = VENV_BIN / "resolver-oci-hook"
+    hooks = {
+        "pip -e": VENV_BIN / "resolver-oci-hook",
+        "plain": launcher(tmp / "hook-plain", "resolver-oci-hook", "resolver.adapters.oci_hook"),
+    }
     with daemon(tmp / "hookd") as (socket, _), netns() as ns:
-        run("ip", "-n", ns, "link", "add", "d0", "type", "dummy")
-        run("ip", "-n", ns, "addr", "add", "10.254.1.2/24", "dev", "d0")
-        run("ip", "-n", ns, "link", "set", "d0", "up")
+        run(
+            "ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"
+        )  # no dummy driver here
+        run("ip", "-n", ns, "addr", "add", "10.254.1.2/24", "dev", "eth0")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
         run("ip", "-n", ns, "link", "set", "lo", "up")
         sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"])
         try:
@@ -208,26 +228,34 @@ def bench_hook(runs: int, podman_runs: int, tmp: Path) -> None:
             }
             (bundle / "config.json").write_text(json.dumps(config))
             time.sleep(0.2)  # let `ip netns exec` exec sleep
-            joins, leaves, cpus = [], [], []
+            samples: dict[str, dict[str, list[float]]] = {
+                k: {"join": [], "leave": [], "cpu": []} for k in hooks
+            }
             for i in range(runs + 1):
-                state = {"ociVersion": "1.0.2", "id": f"bench{i}", "pid": sleeper.pid, "bundle": str(bundle)}
-
-                join, join_cpu = timed(partial(run_hook, hook, socket, {**state, "status": "creating"}))
-                leave, leave_cpu = timed(
-                    partial(run_hook, hook, socket, {**state, "status": "stopped", "pid": None})
-                )
-                if i:
-                    joins.append(join)
-                    leaves.append(leave)
-                    cpus.append(join_cpu + leave_cpu)
+                for label, hook in hooks.items():
+                    state = {
+                        "ociVersion": "1.0.2",
+                        "id": f"bench{i}",
+                        "pid": sleeper.pid,
+                        "bundle": str(bundle),
+                    }
+                    join, join_cpu = timed(partial(run_hook, hook, socket, {**state, "status": "creating"}))
+                    leave, leave_cpu = timed(
+                        partial(run_hook, hook, socket, {**state, "status": "stopped", "pid": None})
+                    )
+                    if i:
+                        samples[label]["join"].append(join)
+                        samples[label]["leave"].append(leave)
+                        samples[label]["cpu"].append(join_cpu + leave_cpu)
         finally:
             sleeper.terminate()
             sleeper.wait()
-    print(f"hook   {runs} createRuntime + poststop runs on a live process in a netns")
-    print(
-        f"       createRuntime (join) {ms(statistics.median(joins))}  poststop (leave) "
-        f"{ms(statistics.median(leaves))}  hook CPU per pair {ms(statistics.median(cpus))}"
-    )
+    print(f"hook   {runs} createRuntime + poststop runs on a live process in a netns (median)")
+    for label, m in samples.items():
+        print(
+            f"       {label:8s} createRuntime (join) {ms(statistics.median(m['join']))}  poststop (leave) "
+            f"{ms(statistics.median(m['leave']))}  hook CPU per pair {ms(statistics.median(m['cpu']))}"
+        )
     if podman_runs > 0:
         bench_podman(podman_runs, tmp)
 

@@ -1,16 +1,16 @@
-"""Per-datagram CPU floor: what a query costs the server in a minimal Python loop, a uvloop echo, our
-daemon and dnsmasq, each in a namespace of its own made the same way, under the same dnsperf load
-(server on CPU 0, dnsperf on CPU 1). It tells how much of the daemon's CPU per query is the kernel
-and the event loop (which we cannot remove) and how much is ours.
+"""Per-datagram CPU floor: what a query costs the server in a minimal Python loop, a uvloop echo and
+our daemon, measured in the same network namespace with the same dnsperf load (server on CPU 0,
+dnsperf on CPU 1). It tells how much of the daemon's CPU per query is the kernel and the event loop
+(which we cannot remove) and how much is ours.
 
 Servers (each answers the query with QR set, so dnsperf counts a reply):
   blocking   recvfrom/sendto in a plain Python loop (what a C server does per datagram)
   uvloop     an asyncio DatagramProtocol on uvloop, transport.sendto
   reader     uvloop add_reader + recvfrom until EAGAIN, sock.sendto (several datagrams per wakeup)
-  daemon     this project, local answers (the `local` scenario's names and query file)
+  daemon     this project, local answers (the query mix of `python -m benchmarks -s local`)
   dnsmasq    dnsmasq 2.90 answering from a hosts file
 
-Run as root:  .venv/bin/python -m benchmarks.floor_bench [--seconds 8] [--endpoints 1000]
+Run as root:  .venv/bin/python -m benchmarks.floor_bench [--seconds 8] [servers...]
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks import dataset, load
 from benchmarks.lab import SERVER_CPU, Lab
-from benchmarks.scenarios import Options, local_servers
-from benchmarks.servers import Server
+from benchmarks.scenarios import local_daemon
+from benchmarks.servers import Server, dnsmasq_local, wait_answering
 
 PYTHON = sys.executable
 ECHO_ADDRESS = "127.0.0.13"
@@ -32,7 +33,7 @@ ECHO = {
     "blocking": """
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("ADDRESS", 53))
+s.bind(("127.0.0.13", 53))
 recv, send = s.recvfrom, s.sendto
 while True:
     d, a = recv(4096)
@@ -45,14 +46,14 @@ class P(asyncio.DatagramProtocol):
     def datagram_received(self, d, a): self.t.sendto(d[:2] + b"\\x81\\x80" + d[4:], a)
 async def main():
     loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(P, local_addr=("ADDRESS", 53))
+    await loop.create_datagram_endpoint(P, local_addr=("127.0.0.13", 53))
     await asyncio.Event().wait()
 uvloop.run(main())
 """,
     "reader": """
 import asyncio, socket, uvloop
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("ADDRESS", 53))
+s.bind(("127.0.0.13", 53))
 s.setblocking(False)
 recv, send = s.recvfrom, s.sendto
 def ready():
@@ -72,17 +73,17 @@ uvloop.run(main())
 
 def task_times(pid: int) -> tuple[float, float, float]:
     """(user s, system s, on-CPU s from schedstat) summed over the process's threads."""
-    user = system = running = 0.0
+    user = system = run = 0.0
     clk = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             user += int(fields[11]) / clk
             system += int(fields[12]) / clk
-            running += int((task / "schedstat").read_text().split()[0]) / 1e9
+            run += int((task / "schedstat").read_text().split()[0]) / 1e9
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return user, system, running
+    return user, system, run
 
 
 def measure(server: Server, queries: Path, seconds: float) -> None:
@@ -90,10 +91,10 @@ def measure(server: Server, queries: Path, seconds: float) -> None:
     result = load.throughput(server, queries, seconds)
     after = task_times(server.pid)
     n = max(result.completed, 1)
-    user, system, running = (1e6 * (a - b) / n for a, b in zip(after, before, strict=True))
+    user, system, run = (1e6 * (a - b) / n for a, b in zip(after, before, strict=True))
     print(
-        f"{server.label:<28}{result.qps:>10,.0f} q/s  {result.avg_ms:6.2f} ms  "
-        f"CPU/query {running:5.1f} us (user {user:4.1f}, sys {system:4.1f})",
+        f"{server.label:<12}{result.qps:>10,.0f} q/s  {result.avg_ms:6.2f} ms  "
+        f"CPU/query {run:5.1f} us (user {user:4.1f}, sys {system:4.1f})",
         flush=True,
     )
 
@@ -102,25 +103,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("servers", nargs="*", default=["blocking", "uvloop", "reader", "daemon", "dnsmasq"])
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--endpoints", type=int, default=1000)
+    parser.add_argument("--names", type=int, default=1000)
     args = parser.parse_args()
-    opts = Options(seconds=args.seconds, runs=1, endpoints=args.endpoints)
-    with tempfile.TemporaryDirectory() as tmp, Lab(Path(tmp), prefix="rt6b-") as lab:
-        queries = dataset.local_queries(lab.workdir / "local.txt", dataset.endpoints(opts.endpoints))
-        with lab.scope():
-            (netns,) = lab.add_namespaces(1)
-            for name, code in ECHO.items():
-                code = code.replace("ADDRESS", ECHO_ADDRESS)
-                proc = lab.spawn([PYTHON, "-c", code], f"{name}.log", netns, cpu=SERVER_CPU)
-                server = Server(name, netns, ECHO_ADDRESS, proc.pid)
-                load.warm(server, queries)
-                measure(server, queries, opts.seconds)
-                lab.stop(proc)
-        with local_servers(lab, opts, with_aardvark=False) as servers:
-            for server in servers:
-                load.warm(server, queries)
-                measure(server, queries, opts.seconds)
+    with tempfile.TemporaryDirectory() as tmp, Lab(Path(tmp)) as lab:
+        netns = lab.add_namespaces(1)[0]
+        eps = dataset.endpoints(args.names)
+        queries = dataset.local_queries(lab.workdir / "local.txt", eps)
+        for name in args.servers:
+            with lab.scope():
+                if name in ECHO:
+                    proc = lab.spawn([PYTHON, "-c", ECHO[name]], f"{name}.log", netns, cpu=SERVER_CPU)
+                    time.sleep(1.0)
+                    server = Server(name, netns, ECHO_ADDRESS, proc.pid)
+                elif name == "daemon":
+                    daemon = local_daemon(lab, [netns], eps, "floor")
+                    ready = daemon.server(name, netns)
+                    server = wait_answering(lab, ready, f"host0.{dataset.DOMAIN}", daemon.log)
+                elif name == "dnsmasq":
+                    server = dnsmasq_local(
+                        lab, netns, dataset.hosts_file(lab.workdir / "hosts", eps, dataset.DOMAIN)
+                    )
+                    server.label = name
+                else:
+                    parser.error(f"unknown server {name}")
+                measure(server, queries, args.seconds)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.adapters import OPERATIONS, AdapterRun
 from benchmarks.scale import ScaleRun
 from benchmarks.scenarios import (
     AARDVARK,
@@ -25,6 +26,7 @@ from benchmarks.scenarios import (
 )
 
 FIGURES = ("qps", "avg_ms", "p50_ms", "p99_ms", "cpu_us", "lost", "sent", "completed")
+SUMMARIES = ("scale", "adapters")  # results that are not a table of servers
 MARK_START = "<!-- bench:start -->"
 MARK_END = "<!-- bench:end -->"
 
@@ -72,8 +74,15 @@ def scale_json(runs: list[ScaleRun]) -> dict[str, Any]:
     return {
         **{k: median([s[k] for s in summaries]) for k in keys},
         "unanswered": max(s["unanswered"] for s in summaries),
+        "failed_joins": max(s["failed_joins"] for s in summaries),
+        "failures": [msg for r in runs for msg in r.failed_joins][:10],
         "runs": summaries,
     }
+
+
+def adapters_json(runs: list[AdapterRun]) -> dict[str, Any]:
+    summaries = [r.summary() for r in runs]
+    return {**{k: median([s[k] for s in summaries]) for k in summaries[0]}, "runs": summaries}
 
 
 @dataclass
@@ -112,6 +121,10 @@ def _spread_vs(res: dict[str, Any]) -> float:
     return float(many["qps"] / one["qps"])
 
 
+def _scale_failures(res: dict[str, Any]) -> float:
+    return float(res["scale"]["unanswered"] + res["scale"]["failed_joins"])
+
+
 TARGETS = [
     Target("local: QPS >= 1.0x dnsmasq", "local", _vs("local", DNSMASQ_HOSTS, "qps"), 1.0, True),
     Target("local: CPU/query <= 1.2x dnsmasq", "local", _vs("local", DNSMASQ_HOSTS, "cpu_us"), 1.2, False),
@@ -140,8 +153,17 @@ TARGETS = [
         "scale: join-to-answer p99 <= 20 ms", "scale", lambda r: r["scale"]["first_answer_p99_ms"], 20, False
     ),
     Target("scale: all joins <= 5 s", "scale", lambda r: r["scale"]["total_s"], 5, False),
+    Target("scale: no join failed or went unanswered", "scale", _scale_failures, 0, False),
     Target(
         "scale: RSS <= 20 KiB per sandbox", "scale", lambda r: r["scale"]["rss_kib_per_sandbox"], 20, False
+    ),
+    Target("adapters: CNI ADD <= 50 ms", "adapters", lambda r: r["adapters"]["cni_add_median_ms"], 50, False),
+    Target(
+        "adapters: OCI hook createRuntime <= 50 ms",
+        "adapters",
+        lambda r: r["adapters"]["oci_create_median_ms"],
+        50,
+        False,
     ),
 ]
 
@@ -176,7 +198,7 @@ HEADER = [
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, scenario in results.items():
-        if name == "scale":
+        if name in SUMMARIES:
             continue
         for r in scenario["rows"]:
             rows.append(
@@ -200,9 +222,26 @@ def scale_lines(scale: dict[str, Any]) -> list[str]:
     return [
         f"scale: {scale['sandboxes']:.0f} sandboxes joined one after another: join-to-first-answer median "
         f"{scale['first_answer_median_ms']:.2f} ms, p99 {scale['first_answer_p99_ms']:.2f} ms; all joins "
-        f"{scale['total_s']:.2f} s; daemon RSS +{scale['rss_kib_per_sandbox']:.1f} KiB and "
-        f"+{scale['fds_per_sandbox']:.2f} fds per sandbox; unanswered {scale['unanswered']:.0f}"
+        f"{scale['total_s']:.2f} s ({scale['cpu_ms_per_join']:.2f} ms daemon CPU per join); daemon RSS "
+        f"+{scale['rss_kib_per_sandbox']:.1f} KiB and "
+        f"+{scale['fds_per_sandbox']:.2f} fds per sandbox; unanswered {scale['unanswered']:.0f}, "
+        f"failed joins {scale['failed_joins']:.0f}"
     ]
+
+
+def adapter_lines(adapters: dict[str, Any]) -> list[str]:
+    names = {
+        "python_start": "python -c pass",
+        "cni_add": "resolver-cni ADD",
+        "cni_del": "resolver-cni DEL",
+        "oci_create": "resolver-oci-hook createRuntime",
+        "oci_poststop": "resolver-oci-hook poststop",
+    }
+    parts = [
+        f"{names[op]} {adapters[f'{op}_median_ms']:.1f} ms (p99 {adapters[f'{op}_p99_ms']:.1f})"
+        for op in OPERATIONS
+    ]
+    return [f"adapters, {adapters['containers']:.0f} containers, median wall time: " + "; ".join(parts)]
 
 
 def target_lines(checked: list[dict[str, Any]]) -> list[str]:
@@ -212,6 +251,10 @@ def target_lines(checked: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def failure_lines(doc: dict[str, Any]) -> list[str]:
+    return [f"FAILED scenario {name}: {message.splitlines()[0]}" for name, message in doc["failed"].items()]
+
+
 def text(doc: dict[str, Any]) -> str:
     rows = table_rows(doc["results"])
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
@@ -219,9 +262,13 @@ def text(doc: dict[str, Any]) -> str:
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         for r in [HEADER, *rows]
     ]
+    if not rows:
+        lines = []
     if "scale" in doc["results"]:
         lines += ["", *scale_lines(doc["results"]["scale"])]
-    lines += ["", *target_lines(doc["targets"])]
+    if "adapters" in doc["results"]:
+        lines += ["", *adapter_lines(doc["results"]["adapters"])]
+    lines += ["", *target_lines(doc["targets"]), *failure_lines(doc)]
     return "\n".join(lines)
 
 
@@ -239,11 +286,14 @@ def markdown(doc: dict[str, Any], chart: str | None) -> str:
         "",
     ]
     for name, scenario in doc["results"].items():
-        if name != "scale":
+        if name not in SUMMARIES:
             out.append(f"- **{name}**: {scenario['title']}")
     if "scale" in doc["results"]:
         out += ["", *scale_lines(doc["results"]["scale"])]
+    if "adapters" in doc["results"]:
+        out += ["", *adapter_lines(doc["results"]["adapters"])]
     out += ["", "Targets:", "", *(f"- {line}" for line in target_lines(doc["targets"]))]
+    out += [f"- {line}" for line in failure_lines(doc)]
     if chart:
         out += ["", f"![benchmark chart]({chart})"]
     out.append(MARK_END)
@@ -265,29 +315,65 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def _latencies(results: dict[str, Any]) -> list[tuple[str, float, float | None]]:
+    """(label, milliseconds, target or None) of the scale and adapter figures, for the chart."""
+    out: list[tuple[str, float, float | None]] = []
+    if "scale" in results:
+        scale = results["scale"]
+        out += [
+            ("join to first answer, median", scale["first_answer_median_ms"], 5.0),
+            ("join to first answer, p99", scale["first_answer_p99_ms"], 20.0),
+        ]
+    if "adapters" in results:
+        adapters = results["adapters"]
+        out += [
+            ("python -c pass", adapters["python_start_median_ms"], None),
+            ("resolver-cni ADD", adapters["cni_add_median_ms"], 50.0),
+            ("resolver-oci-hook createRuntime", adapters["oci_create_median_ms"], 50.0),
+        ]
+    return out
+
+
 def chart(path: Path, doc: dict[str, Any]) -> None:
-    """Queries per second and CPU per query of every server in every scenario, side by side."""
+    """Queries per second and CPU per query of every server in every scenario, side by side; below them
+    the join and adapter latencies against their targets."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = [(n, s) for n, s in doc["results"].items() if n != "scale"]
-    fig, axes = plt.subplots(
-        2, max(len(scenarios), 1), figsize=(4 * max(len(scenarios), 1), 7), squeeze=False
-    )
+    scenarios = [(n, s) for n, s in doc["results"].items() if n not in SUMMARIES]
+    latencies = _latencies(doc["results"])
+    columns = max(len(scenarios), 1)
+    rows = 3 if latencies else 2
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.5 * rows), squeeze=False)
     for col, (name, scenario) in enumerate(scenarios):
         labels = [r["server"].replace(", ", ",\n") for r in scenario["rows"]]
         colors = ["#2a7ab9" if r["server"].startswith(RESOLVER) else "#999999" for r in scenario["rows"]]
         for row, key, unit in ((0, "qps", "queries/s"), (1, "cpu_us", "server CPU us/query")):
             ax = axes[row][col]
             values = [r[key] or 0 for r in scenario["rows"]]
-            ax.bar(range(len(values)), values, color=colors)
+            bars = ax.bar(range(len(values)), values, color=colors)
+            ratios = [r["qps_ratio" if key == "qps" else "cpu_ratio"] for r in scenario["rows"]]
+            ax.bar_label(bars, [_fmt(x, ".2f", "x") for x in ratios], fontsize=7)
             ax.set_xticks(range(len(values)), labels, fontsize=7, rotation=30, ha="right")
             ax.set_ylabel(unit, fontsize=8)
             ax.tick_params(axis="y", labelsize=7)
             if row == 0:
                 ax.set_title(name, fontsize=10)
+    if latencies:
+        for ax in axes[2][1:]:
+            ax.remove()
+        gs = axes[2][0].get_gridspec()
+        axes[2][0].remove()
+        ax = fig.add_subplot(gs[2, :])
+        names = [n for n, _, _ in latencies]
+        bars = ax.barh(range(len(latencies)), [v for _, v, _ in latencies], color="#2a7ab9")
+        notes = [f"{v:.1f} ms" + (f" (target {t:g})" if t else " (reference)") for _, v, t in latencies]
+        ax.bar_label(bars, notes, fontsize=7)
+        ax.set_yticks(range(len(latencies)), names, fontsize=8)
+        ax.set_xlabel("milliseconds (median unless marked)", fontsize=8)
+        ax.invert_yaxis()
     fig.suptitle(f"DNS benchmark {doc['date']} ({doc['commit']})", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -6,7 +6,8 @@ table in benchmarks/README.md.
   sudo .venv/bin/python -m benchmarks --quick             # 1 run of 2 s, smaller scale: a check, not a figure
   sudo .venv/bin/python -m benchmarks -s local,scale --runs 5 --seconds 12
 
-Scenarios: local, fwd-hit, fwd-miss, spread, scale, tcp (see benchmarks/scenarios.py and scale.py).
+Scenarios: local, fwd-hit, fwd-miss, spread, scale, tcp, adapters (benchmarks/scenarios.py, scale.py,
+adapters.py).
 Servers run pinned to CPU 0, dnsperf (and the scale harness) to CPU 1, everything inside namespaces named
 rt6-* that the run makes and removes. Missing tools are installed by ./scripts/setup (Debian packages).
 """
@@ -24,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report, scenarios
-from benchmarks.lab import Lab
+from benchmarks.adapters import adapters
+from benchmarks.lab import Lab, LabError
 from benchmarks.scale import scale
 from benchmarks.servers import ROOT, missing_tools
+from resolver.control.client import ControlError
 
-ALL = ("local", "fwd-hit", "fwd-miss", "spread", "scale", "tcp")
+ALL = ("local", "fwd-hit", "fwd-miss", "spread", "scale", "tcp", "adapters")
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -49,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sandboxes", type=int, help="sandboxes in the scale scenario (default 1000; quick 100)"
     )
+    parser.add_argument(
+        "--containers", type=int, help="containers in the adapters scenario (default 30; quick 5)"
+    )
     parser.add_argument("--tcp-per-conn", type=int, default=20, help="queries per TCP connection")
     parser.add_argument(
         "--quick", action="store_true", help="short runs: checks the harness, not the figures"
@@ -63,6 +69,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not chosen:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(ALL)}")
     args.scenarios = [s for s in ALL if s in chosen]
+    sizes = (
+        "seconds",
+        "runs",
+        "latency_seconds",
+        "endpoints",
+        "spread",
+        "sandboxes",
+        "containers",
+        "tcp_per_conn",
+    )
+    for size in sizes:
+        if getattr(args, size) is not None and getattr(args, size) <= 0:
+            parser.error(f"--{size.replace('_', '-')} must be positive")
     return args
 
 
@@ -79,6 +98,7 @@ def options(args: argparse.Namespace) -> scenarios.Options:
         endpoints=args.endpoints,
         spread=pick(args.spread, 100, 10),
         sandboxes=pick(args.sandboxes, 1000, 100),
+        containers=pick(args.containers, 30, 5),
         tcp_per_conn=args.tcp_per_conn,
     )
 
@@ -100,16 +120,27 @@ def ensure_tools() -> None:
         sys.exit(f"missing {', '.join(lacking)}: ./scripts/setup could not install them")
 
 
-def measure(args: argparse.Namespace, opts: scenarios.Options) -> dict[str, Any]:
+def run_scenario(lab: Lab, name: str, opts: scenarios.Options) -> dict[str, Any]:
+    if name == "scale":
+        return report.scale_json(scale(lab, opts.sandboxes, opts.runs))
+    if name == "adapters":
+        return report.adapters_json(adapters(lab, opts.containers, opts.runs))
+    return report.scenario_json(scenarios.THROUGHPUT[name](lab, opts))
+
+
+def measure(args: argparse.Namespace, opts: scenarios.Options) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every chosen scenario; one that fails is reported (and the exit status is 1), the others still run."""
     results: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="rt6-bench-") as tmp, Lab(Path(tmp), args.prefix) as lab:
         for name in args.scenarios:
             print(f"== {name}", file=sys.stderr, flush=True)
-            if name == "scale":
-                results[name] = report.scale_json(scale(lab, opts.sandboxes, opts.runs))
-            else:
-                results[name] = report.scenario_json(scenarios.THROUGHPUT[name](lab, opts))
-    return results
+            try:
+                results[name] = run_scenario(lab, name, opts)
+            except (LabError, ControlError, subprocess.TimeoutExpired) as exc:
+                print(f"== {name} failed: {exc}", file=sys.stderr, flush=True)
+                failed[name] = str(exc)
+    return results, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_tools()
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
-    results = measure(args, opts)
+    results, failed = measure(args, opts)
     doc: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit(),
@@ -130,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "options": vars(opts),
         "results": results,
+        "failed": failed,
     }
     doc["targets"] = report.targets(results)
     report.write_json(out / "bench.json", doc)
@@ -142,4 +174,4 @@ def main(argv: list[str] | None = None) -> int:
         relative = os.path.relpath(chart_path, ROOT / "benchmarks") if chart_path else None
         report.update_readme(ROOT / "benchmarks" / "README.md", report.markdown(doc, relative))
         print("updated benchmarks/README.md")
-    return 0
+    return 1 if failed else 0

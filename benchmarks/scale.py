@@ -3,8 +3,10 @@
 The namespaces are made beforehand (not counted; their loopback left down, as a runtime hands them
 over), and so is one UDP socket inside each, from which the harness asks the new sandbox's own name. Per
 sandbox: the join request is sent through the control API, then the query is sent every 2 ms until an
-answer with a record comes back. Join-to-first-answer is the time from sending the join to that answer.
-The daemon's RSS and open descriptors are read before the first and after the last join. The harness
+answer with a record comes back. Join-to-first-answer is the time from sending the join to that answer;
+a join the daemon refuses is counted (and its message kept), not timed.
+The daemon's RSS, open descriptors and CPU time are read before the first and after the last join
+(CPU per join, which the machine's other load does not inflate as much as wall time). The harness
 runs on the client core, the daemon on the server core.
 """
 
@@ -19,8 +21,9 @@ import struct
 import time
 from dataclasses import asdict, dataclass, field
 
-from benchmarks.lab import CLIENT_CPU, Lab, open_fds, rss_kib
+from benchmarks.lab import CLIENT_CPU, Lab, cpu_seconds, open_fds, rss_kib
 from benchmarks.servers import LISTEN, Daemon
+from resolver.control.client import ControlError
 from resolver.nsinject.netns import NamespaceWorker
 
 ZONE = "scale.test"
@@ -34,9 +37,11 @@ class ScaleRun:
     join_ms: list[float] = field(default_factory=list)
     first_answer_ms: list[float] = field(default_factory=list)
     unanswered: int = 0
+    failed_joins: list[str] = field(default_factory=list)
     total_s: float = 0.0
     rss_kib_per_sandbox: float = 0.0
     fds_per_sandbox: float = 0.0
+    cpu_ms_per_join: float = 0.0
 
     def summary(self) -> dict[str, float | int]:
         answered = sorted(self.first_answer_ms) or [float("nan")]
@@ -48,7 +53,9 @@ class ScaleRun:
             "total_s": self.total_s,
             "rss_kib_per_sandbox": self.rss_kib_per_sandbox,
             "fds_per_sandbox": self.fds_per_sandbox,
+            "cpu_ms_per_join": self.cpu_ms_per_join,
             "unanswered": self.unanswered,
+            "failed_joins": len(self.failed_joins),
         }
 
     def as_dict(self) -> dict[str, object]:
@@ -107,7 +114,7 @@ def one_run(lab: Lab, count: int, tag: str) -> ScaleRun:
             daemon = Daemon(lab, f"scale-{tag}")
             daemon.network("scale", domain=ZONE)
             time.sleep(0.5)
-            rss, fds = rss_kib(daemon.pid), open_fds(daemon.pid)
+            rss, fds, cpu = rss_kib(daemon.pid), open_fds(daemon.pid), cpu_seconds(daemon.pid)
             start = time.perf_counter()
             for i, (ns, sock) in enumerate(zip(names, sockets, strict=True)):
                 address = f"10.{100 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}"
@@ -120,7 +127,11 @@ def one_run(lab: Lab, count: int, tag: str) -> ScaleRun:
                 }
                 wire = query(i & 0xFFFF, f"s{i}.{ZONE}")
                 sent = time.perf_counter()
-                daemon.api("POST", "/v1/endpoints", body)
+                try:
+                    daemon.api("POST", "/v1/endpoints", body)
+                except ControlError as exc:
+                    result.failed_joins.append(str(exc))
+                    continue
                 result.join_ms.append((time.perf_counter() - sent) * 1000)
                 if first_answer(sock, wire, i & 0xFFFF, sent + GIVE_UP):
                     result.first_answer_ms.append((time.perf_counter() - sent) * 1000)
@@ -129,6 +140,7 @@ def one_run(lab: Lab, count: int, tag: str) -> ScaleRun:
             result.total_s = time.perf_counter() - start
             result.rss_kib_per_sandbox = (rss_kib(daemon.pid) - rss) / count
             result.fds_per_sandbox = (open_fds(daemon.pid) - fds) / count
+            result.cpu_ms_per_join = (cpu_seconds(daemon.pid) - cpu) * 1000 / count
         finally:
             for sock in sockets:
                 sock.close()

@@ -24,6 +24,10 @@ from pathlib import Path
 from benchmarks import dataset, load
 from benchmarks.lab import Lab
 from benchmarks.servers import (
+    AARDVARK_LABEL,
+    DNSMASQ_CACHE,
+    DNSMASQ_HOSTS,
+    DNSMASQ_NOCACHE,
     Daemon,
     Server,
     aardvark,
@@ -34,10 +38,7 @@ from benchmarks.servers import (
 )
 
 RESOLVER = "resolver"
-DNSMASQ_HOSTS = "dnsmasq (hosts)"
-DNSMASQ_CACHE = "dnsmasq (cache)"
-DNSMASQ_NOCACHE = "dnsmasq (no cache)"
-AARDVARK = "aardvark-dns 1.4"
+AARDVARK = AARDVARK_LABEL
 # A forwarding run needs a distinct name per query: files are made for this many queries per second.
 MISS_RATE_CAP = 150_000
 
@@ -50,6 +51,7 @@ class Options:
     endpoints: int = 1000
     spread: int = 100
     sandboxes: int = 1000
+    containers: int = 30
     tcp_per_conn: int = 20
 
 
@@ -105,14 +107,10 @@ def local_servers(lab: Lab, opts: Options, with_aardvark: bool) -> Iterator[list
         eps = dataset.endpoints(opts.endpoints)
         ours, theirs, avk = lab.add_namespaces(3)
         daemon = local_daemon(lab, [ours], eps, "local")
-        servers = [wait_answering(lab, daemon.server(RESOLVER, ours), f"host0.{dataset.DOMAIN}", daemon.log)]
+        ready = wait_answering(lab, daemon.server(RESOLVER, ours), f"host0.{dataset.DOMAIN}", daemon.log)
         hosts = dataset.hosts_file(lab.workdir / "hosts-local", eps, dataset.DOMAIN)
-        servers.append(dnsmasq_local(lab, theirs, hosts))
-        servers[-1].label = DNSMASQ_HOSTS
-        if with_aardvark:
-            servers.append(aardvark(lab, avk, eps))
-            servers[-1].label = AARDVARK
-        yield servers
+        anchor = dnsmasq_local(lab, theirs, hosts)
+        yield [ready, anchor, *([aardvark(lab, avk, eps)] if with_aardvark else [])]
 
 
 def local(lab: Lab, opts: Options) -> Scenario:
@@ -144,15 +142,9 @@ def forwarding_servers(lab: Lab, opts: Options, cache: bool, with_aardvark: bool
         daemon = Daemon(lab, f"fwd-{'hit' if cache else 'miss'}")
         daemon.network("fwd", domain=dataset.DOMAIN)
         daemon.join("fwd", ours, eps[0], dns=[dataset.UPSTREAM])
-        servers = [
-            wait_answering(lab, daemon.server(RESOLVER, ours), f"host0.{dataset.HIT_ZONE}", daemon.log),
-            dnsmasq_forwarder(lab, theirs, cache),
-        ]
-        servers[-1].label = DNSMASQ_CACHE if cache else DNSMASQ_NOCACHE
-        if with_aardvark:
-            servers.append(aardvark(lab, avk, eps))
-            servers[-1].label = AARDVARK
-        yield servers
+        ready = wait_answering(lab, daemon.server(RESOLVER, ours), f"host0.{dataset.HIT_ZONE}", daemon.log)
+        anchor = dnsmasq_forwarder(lab, theirs, cache)
+        yield [ready, anchor, *([aardvark(lab, avk, eps)] if with_aardvark else [])]
 
 
 def forward_hit(lab: Lab, opts: Options) -> Scenario:

@@ -11,6 +11,7 @@ the dnsmasq upstream the benchmark starts in the same namespace.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -24,6 +25,11 @@ from resolver.control.client import ControlError, call
 ROOT = Path(__file__).resolve().parent.parent
 AARDVARK = "/usr/lib/podman/aardvark-dns"
 LISTEN = "127.0.0.11"
+# How the anchors appear in tables, JSON and charts.
+DNSMASQ_HOSTS = "dnsmasq (hosts)"
+DNSMASQ_CACHE = "dnsmasq (cache)"
+DNSMASQ_NOCACHE = "dnsmasq (no cache)"
+AARDVARK_LABEL = "aardvark-dns 1.4"
 
 
 @dataclass
@@ -66,8 +72,9 @@ class Daemon:
 
     def __init__(self, lab: Lab, tag: str, settings: str = "") -> None:
         self.lab = lab
+        tag = f"{tag}-{secrets.token_hex(2)}"  # a fresh state directory every time
         self.dir = lab.workdir / f"daemon-{tag}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True)
         self.socket = str(self.dir / "s.sock")
         (self.dir / "host-resolv.conf").write_text("# benchmark: no host upstreams\n")
         config = self.dir / "resolver.toml"
@@ -127,7 +134,7 @@ class Daemon:
 # ---- dnsmasq -------------------------------------------------------------------------------------------
 
 
-def dnsmasq(lab: Lab, netns: str, address: str, options: list[str], tag: str) -> Server:
+def dnsmasq(lab: Lab, netns: str, address: str, options: list[str], tag: str, label: str = "") -> Server:
     """dnsmasq 2.90 on `address`:53 (UDP and TCP) in `netns`, pinned to the server core."""
     cmd = [
         "dnsmasq",
@@ -142,13 +149,13 @@ def dnsmasq(lab: Lab, netns: str, address: str, options: list[str], tag: str) ->
         *options,
     ]
     proc = lab.spawn(cmd, f"dnsmasq-{tag}.log", netns, cpu=SERVER_CPU)
-    return Server(f"dnsmasq-{tag}", netns, address, proc.pid)
+    return Server(label or f"dnsmasq-{tag}", netns, address, proc.pid)
 
 
 def dnsmasq_local(lab: Lab, netns: str, hosts: Path) -> Server:
     """dnsmasq answering the endpoints from a hosts file, NXDOMAIN for other names under the domain."""
     options = [f"--addn-hosts={hosts}", f"--local=/{dataset.DOMAIN}/", "--cache-size=10000", "--local-ttl=5"]
-    server = dnsmasq(lab, netns, LISTEN, options, "local")
+    server = dnsmasq(lab, netns, LISTEN, options, "local", DNSMASQ_HOSTS)
     return wait_answering(lab, server, f"host0.{dataset.DOMAIN}", "dnsmasq-local.log")
 
 
@@ -173,7 +180,7 @@ def dnsmasq_forwarder(lab: Lab, netns: str, cache: bool) -> Server:
         "--dns-forward-max=1000",
     ]
     tag = "cache" if cache else "nocache"
-    server = dnsmasq(lab, netns, LISTEN, options, tag)
+    server = dnsmasq(lab, netns, LISTEN, options, tag, DNSMASQ_CACHE if cache else DNSMASQ_NOCACHE)
     return wait_answering(lab, server, f"host0.{dataset.HIT_ZONE}", f"dnsmasq-{tag}.log")
 
 
@@ -200,7 +207,7 @@ def aardvark(lab: Lab, netns: str, eps: list[dataset.Endpoint]) -> Server:
     pidfile = config / "aardvark.pid"
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "aardvark.pid"))
     lab.adopt_pid(pid)
-    server = Server("aardvark-dns", netns, dataset.GATEWAY, pid, source=dataset.CLIENT)
+    server = Server(AARDVARK_LABEL, netns, dataset.GATEWAY, pid, source=dataset.CLIENT)
     return wait_answering(lab, server, f"host0.{dataset.DOMAIN}", log)
 
 

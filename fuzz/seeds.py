@@ -145,7 +145,8 @@ def relay_tails() -> list[bytes]:
     )
     wire = reply.to_wire()
     question_end = 12 + len(query_msg.question[0].name.to_wire()) + 4
-    return [wire[4:12] + wire[question_end:], wire[4:12]]
+    opt_in_authority = bytes.fromhex("000100010001000000000200ffff0300000004000000050000292000000000000000")
+    return [wire[4:12] + wire[question_end:], wire[4:12], opt_in_authority]
 
 
 SEEDS = {

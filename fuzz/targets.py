@@ -137,12 +137,26 @@ class RecordingDatagrams:
         return False
 
 
+class _Buffer:
+    """The transport under RecordingWriter: it sends everything at once (nothing waits in a buffer)."""
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return 16384, 65536
+
+    def abort(self) -> None:
+        raise AssertionError("a connection whose replies were all taken was aborted")
+
+
 class RecordingWriter:
     """The writer side of a TCP connection: keeps the bytes written and whether it was closed."""
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.closed = False
+        self.transport = _Buffer()
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
@@ -330,6 +344,17 @@ def check_tcp_stream(stream: bytes, seed: int) -> None:
 # ---- resolv.conf ----------------------------------------------------------------------------------------
 
 
+def glibc_nameservers(text: str) -> list[str]:
+    """The nameserver lines as glibc's res_init reads them (an independent reading: the keyword at the
+    start of a line, then a space or a tab, then the address up to the next blank)."""
+    out = []
+    for line in text.split("\n"):
+        if line.startswith("nameserver") and line[10:11] in (" ", "\t"):
+            words = line[11:].split()
+            out.append(words[0] if words else "")
+    return out
+
+
 def check_resolvconf(text: str) -> None:
     """Our file made from any text lists only us, keeps search, options and other lines, records the
     upstreams in a footer that reads back, and reading it back gives the original upstreams."""
@@ -340,6 +365,7 @@ def check_resolvconf(text: str) -> None:
     assert rc.RESOLVER_ADDRESS not in servers
     again = rc.parse(rendered)
     assert again.nameservers == (rc.RESOLVER_ADDRESS,), again.nameservers
+    assert glibc_nameservers(rendered) == [rc.RESOLVER_ADDRESS], "glibc would read another nameserver"
     assert again.search == original.search
     assert again.other_lines == original.other_lines
     assert rc.ndots_valid(again.options)

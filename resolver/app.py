@@ -5,8 +5,13 @@ Rules:
 - every change goes registry first (so the first packet finds the name), then sockets, then resolv.conf
   (the sandbox switches to 127.0.0.11 only once something answers there); a failed attach undoes itself
   and the registration, and the caller gets the reason;
-- a change is acknowledged only after the state is persisted; a restarted daemon re-attaches every
-  sandbox whose namespace still exists (same identity) and drops the others;
+- a change is acknowledged only after the state is persisted; a change that cannot be saved (full or
+  read-only state directory) is undone and refused with PersistError. A new sandbox's state is saved
+  after its probe and before its resolv.conf is written, a last leave's after its resolv.conf is
+  restored: a daemon killed at any point comes back with the sandbox either fully joined or fully
+  absent, and with the record that undoes every resolv.conf it wrote;
+- a restarted daemon re-attaches every sandbox whose namespace still exists (same identity) and drops
+  the others;
 - changes are serialised by one lock; queries never wait for it;
 - a vanished namespace is noticed by the watcher, which also restores flushed redirect rules and
   re-reads the host resolv.conf when it changes.
@@ -23,11 +28,11 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from resolver import __version__, config
+from resolver import __version__, backends, config
 from resolver.config import Settings
 from resolver.core.cache import AnswerCache
 from resolver.nsinject import netns as ns
@@ -37,6 +42,7 @@ from resolver.nsinject.resolvconf import upstream_servers
 from resolver.registry import model as m
 from resolver.registry.errors import Conflict, InvalidValue, NotFound, RegistryError
 from resolver.registry.registry import Registry, find_endpoint
+from resolver.registry.registry import apply as registry_apply
 from resolver.registry.view import View, Views
 from resolver.server.dispatch import Dispatcher
 from resolver.server.forwarder import Forwarder
@@ -50,10 +56,23 @@ PROBE_QUERY_NAME = b"\x07version\x04bind\x00"
 CLASS_CH = 3
 TXT = 16
 REDIRECT_PROBES_AT_ONCE = 32
+STALL_ENV = "RESOLVER_TEST_STALL_AT"
+"""Tests only: the name of a join step (see `_step`) where the daemon logs `stalled at STEP` and then
+waits for ever, so that a test can kill it exactly there. Unset in production."""
+
+
+async def _step(name: str, joining: bool = True) -> None:
+    if joining and os.environ.get(STALL_ENV) == name:
+        log.warning("stalled at %s (%s is set)", name, STALL_ENV)
+        await asyncio.Event().wait()
 
 
 class AttachError(Exception):
     """The daemon could not serve DNS inside a sandbox; the message says why."""
+
+
+class PersistError(Exception):
+    """A change could not be saved in the state directory, so it was undone; the message says why."""
 
 
 def sandbox_path(netns: str) -> str:
@@ -102,6 +121,9 @@ class Daemon:
         self.flags = flags or {}
         self.store = Store(settings.state_dir)
         self.registry = Registry()
+        self._unsaved: list[tuple[str, Any]] | None = None
+        """Records the changes since the last save named (None: compare whole states at the next save)."""
+        self.backend = backends.create(settings)
         self.views = Views()
         self.records: dict[str, SandboxRecord] = {}
         self.sites: dict[str, Site] = {}
@@ -133,6 +155,7 @@ class Daemon:
         self.worker = ns.NamespaceWorker()
         self._read_host_resolv_conf()
         await self._restore_saved()
+        await self.backend.start(self)
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT; SIGHUP reloads settings."""
@@ -155,6 +178,7 @@ class Daemon:
             await self.shutdown()
 
     async def shutdown(self) -> None:
+        await self.backend.close()
         async with self.lock:
             for netns in list(self.sites):
                 await self._detach(netns, restore=self.settings.restore_resolv_conf_on_exit, keep_record=True)
@@ -227,16 +251,80 @@ class Daemon:
     def _apply(self, event: m.Event) -> m.Change:
         change = self.registry.apply(event)
         self._refresh_views(change)
+        if self._unsaved is not None:
+            self._unsaved.extend(change.records)
         return change
 
     async def _save(self, dirty: Iterable[str] | None = None) -> None:
         """Persist the change just made (`dirty`: the sandboxes whose records it may have changed;
         None: any). The diff is taken here, in order; the disk write runs off the loop."""
-        prepared = self.store.prepare(self.registry.state, self.records, dirty)
+        touched, self._unsaved = self._unsaved, []
+        if dirty is None or touched is None:
+            dirty = touched = None
+        prepared = self.store.prepare(self.registry.state, self.records, dirty, touched)
         if self.store.needs_sync(prepared):
             await asyncio.to_thread(self.store.write, prepared)
         else:
             self.store.write(prepared)
+        self.backend.local_changed()
+
+    # ---- the shared registry (global networks; see resolver/backends) ----------------------------------
+
+    async def _publish(self, event: m.Event) -> None:
+        """Validate a network or service change, then share it (global networks) before it is applied."""
+        registry_apply(self.registry.state, event)
+        await self.backend.publish(event, self.registry.state)
+
+    def local_state(self) -> m.State:
+        return self.registry.state
+
+    async def apply_remote(self, plan: Callable[[m.State], Sequence[m.Event]]) -> list[str]:
+        """Apply other hosts' records; a refused record is reported (the backend retries it). They are
+        saved too, as the last known state of the shared registry."""
+        refused: list[str] = []
+        async with self.lock:
+            applied = 0
+            for event in plan(self.registry.state):
+                try:
+                    self._apply(event)
+                    applied += 1
+                except RegistryError as exc:
+                    refused.append(f"{type(event).__name__} {exc.message}")
+            if applied:
+                await self._save(dirty=())
+        return refused
+
+    async def _commit(self, dirty: Iterable[str] | None = None) -> None:
+        """Save the state; raises PersistError when it cannot be written (the caller undoes the change)."""
+        try:
+            await self._save(dirty)
+        except OSError as exc:
+            log.error("cannot save the state in %s: %s", self.settings.state_dir, exc)
+            raise PersistError(
+                f"cannot save the state in {self.settings.state_dir}: {exc.strerror or exc}; "
+                "the change was not applied"
+            ) from None
+
+    async def _save_or_log(self) -> None:
+        try:
+            await self._save()
+        except OSError as exc:
+            log.error("cannot save the state in %s: %s", self.settings.state_dir, exc)
+
+    def _undo(self, before: m.State, change: m.Change) -> None:
+        """Go back to the state `before` the change (views of what it touched are rebuilt)."""
+        self.registry.state = before
+        self._unsaved = None  # the next save compares whole states
+        self._refresh_views(replace(change, state=before, joined=None))
+
+    async def _apply_and_commit(self, event: m.Event) -> None:
+        before = self.registry.state
+        change = self._apply(event)
+        try:
+            await self._commit()
+        except PersistError:
+            self._undo(before, change)
+            raise
 
     # ---- attach / detach -----------------------------------------------------------------------------
 
@@ -244,8 +332,11 @@ class Daemon:
         assert self.worker is not None
         return await self.worker.arun_in(netns, fn, *args)
 
-    async def _attach(self, netns: str, explicit_resolv_conf: str | None, rewrite: bool = True) -> None:
-        """Serve DNS inside `netns`; `rewrite` false leaves its resolv.conf alone (the runtime owns it)."""
+    async def _attach(
+        self, netns: str, explicit_resolv_conf: str | None, rewrite: bool = True, persist: bool = True
+    ) -> None:
+        """Serve DNS inside `netns`; `rewrite` false leaves its resolv.conf alone (the runtime owns it).
+        With `persist`, the state is saved (PersistError when it cannot be) before resolv.conf is written."""
         assert self.worker is not None
         settings = self.settings
         port = 53 if settings.listen_mode == "direct" else 0
@@ -269,9 +360,11 @@ class Daemon:
             listeners.close()
             raise
         self.sites[netns] = site
+        self.sockets.open(netns)
         record = self.records.setdefault(netns, SandboxRecord())
         record.identity, record.keep_resolv_conf = ns.netns_identity(netns), not rewrite
         try:
+            await _step("listening", persist)
             with contextlib.closing(client):
                 if settings.listen_mode == "redirect":
                     await asyncio.to_thread(
@@ -279,17 +372,20 @@ class Daemon:
                     )
                 if not await self._probe(netns, settings.join_timeout, client):
                     raise AttachError(f"the sandbox {netns} did not answer on {settings.listen_address}:53")
-            if rewrite:
-                self._rewrite_resolv_conf(netns, explicit_resolv_conf)
+            await _step("probed", persist)
+            saved = rewrite and await self._rewrite_resolv_conf(netns, explicit_resolv_conf, persist)
+            if persist and not saved:
+                await self._commit((netns,))
         except Exception as exc:
             await self._detach(netns, restore=True)
-            if isinstance(exc, AttachError):
+            if isinstance(exc, AttachError | PersistError):
                 raise
             raise AttachError(f"cannot set up DNS in {netns}: {exc}") from None
 
-    def _rewrite_resolv_conf(self, netns: str, explicit: str | None) -> None:
-        """Point the sandbox's resolv.conf at us. On the loop: a small regular file, no fsync, and the
-        file checks refuse FIFOs and devices, so it cannot block."""
+    async def _rewrite_resolv_conf(self, netns: str, explicit: str | None, persist: bool) -> bool:
+        """Point the sandbox's resolv.conf at us; True when the state was saved (with `persist`) between
+        planning the rewrite and writing the file. The file work runs on the loop: a small regular file,
+        no fsync, and the file checks refuse FIFOs and devices, so it cannot block."""
         record = self.records[netns]
         try:
             path = resolvfile.resolv_conf_path_for(netns, explicit or record.resolv_conf)
@@ -297,10 +393,10 @@ class Daemon:
             log.warning(
                 "no resolv.conf is known for %s (pass --resolv-conf); it is served but not rewritten", netns
             )
-            return
+            return False
         previous = resolvfile.Rewrite.from_dict(record.rewrite) if record.rewrite else None
         try:
-            rewrite, servers = resolvfile.rewrite(
+            plan = resolvfile.plan_rewrite(
                 path, self.settings.listen_address, self.host_text, previous=previous
             )
         except FileNotFoundError:
@@ -309,16 +405,29 @@ class Daemon:
             log.warning(
                 "no resolv.conf at %s; %s is served but its resolv.conf is not rewritten", path, netns
             )
-            return
-        record.rewrite, record.resolv_conf = rewrite.to_dict(), path
-        if not rewrite.created:
-            self._apply(m.SetSandboxUpstreams(netns, servers))
+            return False
+        undo = (record.rewrite, record.resolv_conf)
+        record.rewrite, record.resolv_conf = plan.record.to_dict(), path
+        if not plan.record.created:
+            self._apply(m.SetSandboxUpstreams(netns, plan.servers))
+        if persist:
+            try:
+                # the record that undoes the rewrite is on disk before the file changes
+                await self._commit((netns,))
+            except PersistError:
+                record.rewrite, record.resolv_conf = undo
+                raise
+            await _step("saved")
+        resolvfile.write_plan(plan)
+        await _step("resolv-conf-written", persist)
+        return persist
 
     async def _detach(self, netns: str, restore: bool, keep_record: bool = False) -> None:
         site = self.sites.pop(netns, None)
         if site is not None:
             await site.close(self.settings.drain_timeout)
         self.sockets.drop(netns)
+        self.forwarder.forget(netns)
         record = self.records.get(netns) if keep_record else self.records.pop(netns, None)
         if self.settings.listen_mode == "redirect" and ns.netns_identity(netns) is not None:
             with contextlib.suppress(redirect.RedirectError):
@@ -360,6 +469,7 @@ class Daemon:
     async def _restore_saved(self) -> None:
         saved = self.store.load()
         self.registry = saved.registry
+        self._unsaved = None  # the state was replaced whole: the next save compares everything
         self.records = saved.sandboxes
         self.views = Views()
         for netns in list(self.registry.state.sandboxes):
@@ -369,12 +479,14 @@ class Daemon:
                 continue
             try:
                 record = self.records.get(netns, SandboxRecord())
-                await self._attach(netns, record.resolv_conf, rewrite=not record.keep_resolv_conf)
+                await self._attach(
+                    netns, record.resolv_conf, rewrite=not record.keep_resolv_conf, persist=False
+                )
                 log.info("re-attached sandbox %s", netns)
             except AttachError as exc:
                 log.error("could not re-attach %s: %s; dropping it", netns, exc)
-                await self._forget(netns, restore=False)
-        await self._save()
+                await self._forget(netns, restore=True)
+        await self._save_or_log()
 
     async def _forget(self, netns: str, restore: bool) -> None:
         self._apply(m.RemoveSandbox(netns))
@@ -410,7 +522,7 @@ class Daemon:
                 await self._forget(netns, restore=True)
                 changed = True
         if changed:
-            await self._save()
+            await self._save_or_log()
 
     async def _check_redirects(self) -> None:
         """Probe every sandbox through its redirect rule, concurrently and outside the change lock;
@@ -443,25 +555,25 @@ class Daemon:
 
     async def create_network(self, event: m.CreateNetwork) -> m.Network:
         async with self.lock:
-            self._apply(event)
-            await self._save()
+            await self._publish(event)
+            await self._apply_and_commit(event)
             return self.registry.state.networks[event.name]
 
     async def remove_network(self, name: str) -> None:
         async with self.lock:
-            self._apply(m.RemoveNetwork(name))
-            await self._save()
+            await self._publish(m.RemoveNetwork(name))
+            await self._apply_and_commit(m.RemoveNetwork(name))
 
     async def create_service(self, event: m.CreateService) -> m.Service:
         async with self.lock:
-            self._apply(event)
-            await self._save()
+            await self._publish(event)
+            await self._apply_and_commit(event)
             return self.registry.state.services[(event.network, event.name)]
 
     async def remove_service(self, network: str, name: str) -> None:
         async with self.lock:
-            self._apply(m.RemoveService(network, name))
-            await self._save()
+            await self._publish(m.RemoveService(network, name))
+            await self._apply_and_commit(m.RemoveService(network, name))
 
     async def join(self, event: m.JoinEndpoint) -> m.Endpoint:
         async with self.lock:
@@ -473,14 +585,20 @@ class Daemon:
             if netns not in self.registry.state.sandboxes and ns.netns_identity(netns) is None:
                 raise NotFound(f"network namespace {netns} does not exist")
             self._check_resolv_conf_matches(netns, event.resolv_conf)
+            before = self.registry.state
             change = self._apply(event)
-            if change.added_sandboxes:
-                try:
+            await _step("registered")
+            try:
+                if change.added_sandboxes:
                     await self._attach(netns, event.resolv_conf, rewrite=event.rewrite_resolv_conf)
-                except AttachError:
-                    self._apply(m.LeaveEndpoint(event.endpoint, event.network))
-                    raise
-            await self._save(dirty=(netns,))
+                else:
+                    await self._commit((netns,))
+            except (AttachError, PersistError):
+                self._undo(before, change)
+                if change.added_sandboxes:
+                    await self._save_or_log()  # the attach may have saved the sandbox before failing
+                raise
+            await _step("joined")
             return self.registry.state.endpoints[(event.network, event.endpoint)]
 
     def _check_resolv_conf_matches(self, netns: str, path: str | None) -> None:
@@ -492,11 +610,28 @@ class Daemon:
     async def leave(self, endpoint: str, network: str | None) -> m.Endpoint:
         async with self.lock:
             found = self._find_endpoint(endpoint, network)
+            before = self.registry.state
             change = self._apply(m.LeaveEndpoint(endpoint, found.network))
-            for sandbox in change.removed_sandboxes:
-                await self._detach(sandbox.netns, restore=True)
-            await self._save(dirty=())
+            detached = [(sb.netns, self.records.get(sb.netns)) for sb in change.removed_sandboxes]
+            for netns, _record in detached:
+                await self._detach(netns, restore=True)
+            try:
+                await self._commit(())
+            except PersistError:
+                self._undo(before, change)
+                for netns, record in detached:
+                    await self._reattach(netns, record or SandboxRecord())
+                raise
             return found
+
+    async def _reattach(self, netns: str, record: SandboxRecord) -> None:
+        """Undo a detach whose leave could not be saved: serve the sandbox and rewrite its file again."""
+        self.records[netns] = record
+        try:
+            await self._attach(netns, record.resolv_conf, rewrite=not record.keep_resolv_conf, persist=False)
+        except AttachError as exc:
+            log.error("could not re-attach %s after a failed leave: %s; dropping it", netns, exc)
+            await self._forget(netns, restore=True)
 
     def _find_endpoint(self, endpoint: str, network: str | None) -> m.Endpoint:
         return find_endpoint(self.registry.state, endpoint, network)
@@ -516,6 +651,7 @@ class Daemon:
             "host_upstreams": list(self.host_servers),
             "upstreams_down": self.forwarder.health.down(),
             "generation": state.generation,
+            "registry": self.backend.status(),
             "cache": None
             if self.cache is None
             else {
@@ -526,4 +662,4 @@ class Daemon:
         }
 
 
-__all__ = ["AttachError", "Daemon", "RegistryError"]
+__all__ = ["AttachError", "Daemon", "PersistError", "RegistryError"]

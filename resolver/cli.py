@@ -109,12 +109,27 @@ def network() -> None:
 @click.option("--domain", default=None, help="DNS domain answered authoritatively for this network.")
 @click.option("--dns", multiple=True, help="Upstream server for this network (queried from the sandbox).")
 @click.option("--ttl", type=int, default=None, help="TTL of local answers (seconds, default 5).")
+@click.option(
+    "--scope",
+    type=click.Choice(["local", "global"]),
+    default="local",
+    show_default=True,
+    help="global: the network spans hosts; its registry is shared (needs registry.backend = etcd).",
+)
 @socket_option
 def network_create(
-    name: str, internal: bool, domain: str | None, dns: tuple[str, ...], ttl: int | None, socket_path: str
+    name: str,
+    internal: bool,
+    domain: str | None,
+    dns: tuple[str, ...],
+    ttl: int | None,
+    scope: str,
+    socket_path: str,
 ) -> None:
     """Create network NAME."""
     body: dict[str, Any] = {"name": name, "internal": internal, "dns": list(dns)}
+    if scope != "local":
+        body["scope"] = scope
     if domain is not None:
         body["domain"] = domain
     if ttl is not None:

@@ -46,14 +46,24 @@ class Settings:
     cache_size: int = 10000
     cache_max_ttl: int = 3600
     cache_min_negative_ttl: int = 0
+    registry_backend: Literal["memory", "etcd"] = "memory"
+    registry_endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    registry_prefix: str = "/resolver/"
+    registry_host_id: str = ""
+    registry_lease_ttl: int = 10
+    registry_timeout: float = 2.0
+    registry_tls_ca: str = ""
+    registry_tls_cert: str = ""
+    registry_tls_key: str = ""
 
 
-SECTIONS = ("server", "log", "tcp", "upstream", "limits", "cache")
+SECTIONS = ("server", "log", "tcp", "upstream", "limits", "cache", "registry")
 _FIELDS = {f.name: f for f in fields(Settings)}
 _CHOICES = {
     "listen_mode": ("direct", "redirect"),
     "log_format": ("text", "json"),
     "log_level": ("debug", "info", "warning", "error", "critical"),
+    "registry_backend": ("memory", "etcd"),
 }
 
 
@@ -82,6 +92,10 @@ def coerce(name: str, value: Any, origin: str, strict: bool = False) -> Any:
 
 
 def _typed(kind: type, value: Any) -> Any:
+    if kind is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError
+        return tuple(value)
     if isinstance(value, bool) != (kind is bool):
         raise TypeError
     if kind is float and isinstance(value, int | float):
@@ -98,6 +112,8 @@ def _converted(kind: type, value: Any) -> Any:
         raise TypeError
     if kind in (int, float, str):
         return kind(value)
+    if kind is tuple and isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
     raise TypeError
 
 

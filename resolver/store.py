@@ -9,6 +9,8 @@ Rules:
   do not outlive the machine, and the kernel keeps what was written when the daemon dies (SIGKILL
   included). Lines that change networks or services, which do outlive a reboot, and snapshots are
   fsynced before the change is acknowledged;
+- a save that fails (full or read-only file system) raises OSError and leaves the files as they were:
+  a partial snapshot is removed, a partial journal line cut off;
 - when the journal outgrows the snapshot, the state is written as a new snapshot and the journal
   starts again; each line carries a sequence number and the snapshot the last one it includes, so a
   crash between the two steps replays nothing twice;
@@ -16,13 +18,14 @@ Rules:
   line was never acknowledged and is dropped; an unreadable line elsewhere is reported and skipped
   (each line is a set of upserts and deletes, so the others still apply);
 - loading replays the records as registry events, so saved data is validated exactly like live
-  requests; a record that no longer validates is reported and skipped, never fatal.
+  requests; a record that no longer validates is reported and skipped, never fatal;
+- endpoints joined on other hosts are saved too, as the last known state of the shared registry (a
+  daemon restarted while etcd is unreachable still answers them); the shared registry corrects them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -91,29 +94,40 @@ def encode(state: m.State, sandboxes: dict[str, SandboxRecord]) -> dict[str, Any
     }
 
 
+def network_event(n: dict[str, Any]) -> m.CreateNetwork:
+    """The event that recreates a network from its `to_dict()` form."""
+    return m.CreateNetwork(
+        n["name"], n["internal"], n["domain"], tuple(n["dns"]), n["ttl"], n.get("scope", "local")
+    )
+
+
+def service_event(s: dict[str, Any]) -> m.CreateService:
+    return m.CreateService(s["network"], s["name"], tuple(s["vips"]), s["mode"])
+
+
+def join_event(e: dict[str, Any], host: str | None = None) -> m.JoinEndpoint:
+    """The event that rejoins an endpoint from its `to_dict()` form (on `host`, None: this one)."""
+    return m.JoinEndpoint(
+        network=e["network"],
+        sandbox=e["netns"],
+        endpoint=e["id"],
+        name=e["name"],
+        aliases=tuple(e["aliases"]),
+        hostname=e["hostname"],
+        ipv4=tuple(e["ipv4"]),
+        ipv6=tuple(e["ipv6"]),
+        service=e["service"],
+        ports=tuple(e["ports"]),
+        upstreams=tuple(e["dns"]),
+        resolv_conf=e["resolv_conf"],
+        host=host,
+    )
+
+
 def _events(doc: dict[str, Any]) -> list[m.Event]:
-    events: list[m.Event] = []
-    for n in doc.get("networks", []):
-        events.append(m.CreateNetwork(n["name"], n["internal"], n["domain"], tuple(n["dns"]), n["ttl"]))
-    for s in doc.get("services", []):
-        events.append(m.CreateService(s["network"], s["name"], tuple(s["vips"]), s["mode"]))
-    for e in doc.get("endpoints", []):
-        events.append(
-            m.JoinEndpoint(
-                network=e["network"],
-                sandbox=e["netns"],
-                endpoint=e["id"],
-                name=e["name"],
-                aliases=tuple(e["aliases"]),
-                hostname=e["hostname"],
-                ipv4=tuple(e["ipv4"]),
-                ipv6=tuple(e["ipv6"]),
-                service=e["service"],
-                ports=tuple(e["ports"]),
-                upstreams=tuple(e["dns"]),
-                resolv_conf=e["resolv_conf"],
-            )
-        )
+    events: list[m.Event] = [network_event(n) for n in doc.get("networks", [])]
+    events += [service_event(s) for s in doc.get("services", [])]
+    events += [join_event(e, e.get("host")) for e in doc.get("endpoints", [])]
     for netns, sb in doc.get("sandboxes", {}).items():
         if sb.get("original_dns"):
             events.append(m.SetSandboxUpstreams(netns, tuple(sb["original_dns"])))
@@ -185,8 +199,14 @@ def _sandbox_doc(state: m.State, netns: str, records: dict[str, SandboxRecord]) 
 
 
 def _delta(
-    saved: _Saved, state: m.State, records: dict[str, SandboxRecord], dirty: Iterable[str] | None
+    saved: _Saved,
+    state: m.State,
+    records: dict[str, SandboxRecord],
+    dirty: Iterable[str] | None,
+    touched: Iterable[tuple[str, Any]] | None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    if touched is not None and dirty is not None:
+        return _targeted_delta(saved, state, records, [*touched, *(("sandboxes", n) for n in dirty)])
     put: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
     deleted: dict[str, list[str]] = {kind: [] for kind in KINDS}
     old = saved.state
@@ -202,14 +222,56 @@ def _delta(
     if old.sandboxes is not state.sandboxes:
         candidates += [n for n, sb in state.sandboxes.items() if old.sandboxes.get(n) is not sb]
     for netns in dict.fromkeys(candidates):
-        doc = _sandbox_doc(state, netns, records)
-        if saved.sandboxes.get(netns) != doc:
-            put["sandboxes"][netns] = saved.sandboxes[netns] = doc
+        _sandbox_delta(saved, state, records, netns, put, deleted)
     for netns in [n for n in saved.sandboxes if n not in state.sandboxes]:
-        del saved.sandboxes[netns]
-        deleted["sandboxes"].append(netns)
+        _sandbox_delta(saved, state, records, netns, put, deleted)
     saved.state = state
     return put, deleted
+
+
+_ENCODERS: dict[str, Any] = {
+    "networks": (str, m.Network.to_dict),
+    "services": ("/".join, m.Service.to_dict),
+    "endpoints": ("/".join, m.Endpoint.to_dict),
+}
+
+
+def _targeted_delta(
+    saved: _Saved, state: m.State, records: dict[str, SandboxRecord], touched: list[tuple[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """The delta when the records that may have changed are known: each is written as it is now (or
+    deleted), so a key named twice or needlessly costs a few bytes, never a wrong state."""
+    put: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    deleted: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    for kind, key in dict.fromkeys(touched):
+        if kind == "sandboxes":
+            _sandbox_delta(saved, state, records, key, put, deleted)
+            continue
+        encode_key, encode_one = _ENCODERS[kind]
+        value = getattr(state, kind).get(key)
+        if value is None:
+            deleted[kind].append(encode_key(key))
+        else:
+            put[kind][encode_key(key)] = encode_one(value)
+    saved.state = state
+    return put, deleted
+
+
+def _sandbox_delta(
+    saved: _Saved,
+    state: m.State,
+    records: dict[str, SandboxRecord],
+    netns: str,
+    put: dict[str, dict[str, Any]],
+    deleted: dict[str, list[str]],
+) -> None:
+    if netns not in state.sandboxes:
+        if saved.sandboxes.pop(netns, None) is not None:
+            deleted["sandboxes"].append(netns)
+        return
+    doc = _sandbox_doc(state, netns, records)
+    if saved.sandboxes.get(netns) != doc:
+        put["sandboxes"][netns] = saved.sandboxes[netns] = doc
 
 
 def _replay(keyed: dict[str, dict[str, Any]], line: Doc) -> None:
@@ -217,6 +279,13 @@ def _replay(keyed: dict[str, dict[str, Any]], line: Doc) -> None:
         for key in line.get("del", {}).get(kind, []):
             keyed[kind].pop(key, None)
         keyed[kind].update(line.get("put", {}).get(kind, {}))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`: a write may be short (a nearly full file system); the rest follows or fails."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class Store:
@@ -300,22 +369,35 @@ class Store:
     # ---- saving -------------------------------------------------------------------------------------
 
     def save(
-        self, state: m.State, sandboxes: dict[str, SandboxRecord], dirty: Iterable[str] | None = None
+        self,
+        state: m.State,
+        sandboxes: dict[str, SandboxRecord],
+        dirty: Iterable[str] | None = None,
+        touched: Iterable[tuple[str, Any]] | None = None,
     ) -> None:
-        """Persist `state`; `dirty` names the sandboxes whose records may have changed (None: any)."""
-        self.write(self.prepare(state, sandboxes, dirty))
+        """Persist `state`; see `prepare` for `dirty` and `touched`."""
+        self.write(self.prepare(state, sandboxes, dirty, touched))
 
     def prepare(
-        self, state: m.State, sandboxes: dict[str, SandboxRecord], dirty: Iterable[str] | None = None
+        self,
+        state: m.State,
+        sandboxes: dict[str, SandboxRecord],
+        dirty: Iterable[str] | None = None,
+        touched: Iterable[tuple[str, Any]] | None = None,
     ) -> bytes | None:
         """The journal line for what changed since the last save (None when nothing did), or a whole
-        snapshot's worth of work when the journal is due for compaction. Call from one thread only."""
+        snapshot's worth of work when the journal is due for compaction. Call from one thread only.
+
+        `dirty` names the sandboxes whose daemon records may have changed, `touched` the registry
+        records the applied changes named (`Change.records`); given both, only those are looked at
+        (a join then costs the same whatever the size of the state), otherwise the whole state is
+        compared with the last save."""
         if self._saved is None or self._journal_bytes > max(self.MIN_COMPACT_BYTES, self._snapshot_bytes):
             doc = encode(state, sandboxes)
             self._saved = _Saved(state, {k: dict(v) for k, v in doc["sandboxes"].items()})
             doc["journal_seq"] = self._seq
             return b"S" + json.dumps(doc, separators=(",", ":")).encode()
-        put, deleted = _delta(self._saved, state, sandboxes, dirty)
+        put, deleted = _delta(self._saved, state, sandboxes, dirty, touched)
         if not any(put.values()) and not any(deleted.values()):
             return None
         self._seq += 1
@@ -347,13 +429,18 @@ class Store:
 
     def _write_snapshot(self, data: bytes) -> None:
         tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a partial file would hold the space the next save needs
+            raise
         self._fsync_directory()
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self.journal_path, 0)
@@ -363,8 +450,13 @@ class Store:
         created = not self.journal_path.exists()
         fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            if os.write(fd, line) != len(line):
-                raise OSError(errno.ENOSPC, "short write to the journal", str(self.journal_path))
+            end = os.fstat(fd).st_size
+            try:
+                _write_all(fd, line)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)  # no torn line in front of the next one
+                raise
             if sync:
                 os.fdatasync(fd)
         finally:

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks import dataset, load, report
+from benchmarks import dataset, load, report, run
+from benchmarks.lab import LabError
 from benchmarks.scenarios import AARDVARK, DNSMASQ_HOSTS, RESOLVER
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,3 +167,27 @@ def test_a_scenario_not_run_has_no_targets_and_a_missing_figure_is_missed() -> N
     rows = [{"server": RESOLVER, "p99_ms": None}, {"server": DNSMASQ_HOSTS, "p99_ms": 0.2}]
     checked = report.TARGETS[2].check({"local": {"rows": rows}})
     assert checked is not None and checked["met"] is False and checked["value"] is None
+
+
+def test_a_failing_scenario_is_reported_and_the_others_still_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def fake(_lab: object, name: str, _opts: object) -> dict[str, Any]:
+        if name == "tcp":
+            raise LabError("dnsmasq did not start")
+        return {"name": name, "rows": []}
+
+    monkeypatch.setattr(run, "run_scenario", fake)
+    monkeypatch.setattr(run.tempfile, "tempdir", str(tmp_path))
+    args = run.parse_args(["-s", "local,tcp,adapters", "--prefix", "rt6x-"])
+    results, failed = run.measure(args, run.options(args))
+    assert list(results) == ["local", "adapters"] and failed == {"tcp": "dnsmasq did not start"}
+    lines = report.failure_lines({"failed": failed})
+    assert lines == ["FAILED scenario tcp: dnsmasq did not start"]
+
+
+@pytest.mark.parametrize("argv", [["--seconds", "0"], ["--runs", "-1"], ["-s", "local,nosuch"], ["-s", ","]])
+def test_bad_options_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run.parse_args(argv)
+    assert exc.value.code == 2

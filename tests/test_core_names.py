@@ -117,6 +117,9 @@ CASES: list[Case] = [
     Case(reverse_name("10.0.2.2"), "PTR", (f"{reverse_name('10.0.2.2')} 30 IN PTR site.example.com.",)),
     Case(reverse_name("fd00:2::2"), "PTR", (f"{reverse_name('fd00:2::2')} 30 IN PTR site.example.com.",)),
     Case("2.1.0.10.IN-ADDR.Arpa.", "PTR", ("2.1.0.10.IN-ADDR.Arpa. 5 IN PTR web.backend.",)),
+    # a service VIP answers the service name (so its reverse name is never forwarded)
+    Case(reverse_name("10.0.1.100"), "PTR", (f"{reverse_name('10.0.1.100')} 5 IN PTR api.backend.",)),
+    Case(reverse_name("fd00:1::100"), "PTR", (f"{reverse_name('fd00:1::100')} 5 IN PTR api.backend.",)),
     # SRV for named ports: one per endpoint or task, with A/AAAA glue
     Case("_http._tcp.web.", "SRV", ("_http._tcp.web. 5 IN SRV 0 0 80 web.backend.",), additional=WEB_GLUE),
     Case(

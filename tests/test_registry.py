@@ -424,7 +424,8 @@ def _event_sequences(draw: st.DrawFn) -> list[Event]:
     """Joins (some into services, some named like a service or the domain), leaves and service changes."""
     events: list[Event] = [CreateNetwork("alpha", domain="corp"), CreateNetwork("beta")]
     for index in range(draw(st.integers(1, 14))):
-        kind = draw(st.sampled_from(["join", "join", "join", "leave", "service", "unservice"]))
+        kinds = ["join", "join", "join", "leave", "service", "unservice", "upstreams", "drop"]
+        kind = draw(st.sampled_from(kinds))
         network = draw(st.sampled_from(["alpha", "beta"]))
         if kind == "join":
             events.append(
@@ -444,9 +445,22 @@ def _event_sequences(draw: st.DrawFn) -> list[Event]:
             events.append(LeaveEndpoint(f"ep{draw(st.integers(0, index))}", network))
         elif kind == "service":
             events.append(CreateService(network, "svc", ("10.200.0.1",), "vip"))
+        elif kind == "upstreams":
+            events.append(SetSandboxUpstreams(draw(st.sampled_from(_SANDBOXES)), (f"192.0.2.{index + 1}",)))
+        elif kind == "drop":
+            events.append(RemoveSandbox(draw(st.sampled_from(_SANDBOXES))))
         else:
             events.append(RemoveService(network, "svc"))
     return events
+
+
+def _changed_records(old: State, new: State) -> set[tuple[str, object]]:
+    """Every (kind, key) whose record differs between two states, found by comparing them whole."""
+    changed: set[tuple[str, object]] = set()
+    for kind in ("networks", "services", "endpoints", "sandboxes"):
+        before, after = getattr(old, kind), getattr(new, kind)
+        changed |= {(kind, k) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    return changed
 
 
 def _addresses_in_use(state: State) -> dict[str, dict[str, str]]:
@@ -465,6 +479,7 @@ def _addresses_in_use(state: State) -> dict[str, dict[str, str]]:
 @given(_event_sequences())
 def test_incremental_views_equal_a_fresh_build(events: list[Event]) -> None:
     registry, cache = Registry(), Views()
+    before = registry.state
     held = []
     for event in events:
         try:
@@ -472,6 +487,8 @@ def test_incremental_views_equal_a_fresh_build(events: list[Event]) -> None:
         except RegistryError:
             continue
         cache.apply(change)
+        assert _changed_records(before, registry.state) <= set(change.records), f"{event} names its records"
+        before = registry.state
         assert _addresses_in_use(registry.state) == {
             k: dict(v) for k, v in registry.state.addresses.items() if v
         }

@@ -15,10 +15,12 @@ from resolver.nsinject.resolvfile import (
     MAX_SIZE,
     Rewrite,
     UnsafeFileError,
+    plan_rewrite,
     resolv_conf_path_for,
     restore,
     rewrite,
     still_ours,
+    write_plan,
 )
 
 HOST = "# from the host\nsearch corp.example\nnameserver 10.0.0.2\nnameserver 8.8.8.8\noptions edns0\n"
@@ -302,3 +304,40 @@ def test_proc_root_refuses_symlinked_directory(tmp_path: Path) -> None:
 def test_proc_root_refuses_dotdot(tmp_path: Path) -> None:
     with pytest.raises(UnsafeFileError):
         rewrite("/proc/self/root/../etc/resolv.conf")
+
+
+# --- plan, then write (the daemon saves the undo record in between) ----------------------------------
+
+
+def test_a_plan_writes_nothing_until_carried_out(conf: Path) -> None:
+    plan = plan_rewrite(str(conf))
+    assert conf.read_text() == HOST
+    assert (plan.record.original_text, plan.servers) == (HOST, ("10.0.0.2", "8.8.8.8"))
+    write_plan(plan)
+    assert conf.read_text() == REWRITTEN
+    assert plan.record.written_digest == hashlib.sha256(REWRITTEN.encode()).hexdigest()
+    assert restore(plan.record) == "restored" and conf.read_text() == HOST
+
+
+@pytest.mark.parametrize("edited", [HOST + "nameserver 10.0.0.3\n", None])
+def test_a_plan_is_not_carried_out_on_a_file_that_changed_since(conf: Path, edited: str | None) -> None:
+    """`edited` is what the file holds when the plan is carried out (None: it was removed)."""
+    plan = plan_rewrite(str(conf))
+    if edited is None:
+        conf.unlink()
+    else:
+        conf.write_text(edited)
+    with pytest.raises(OSError):
+        write_plan(plan)
+    assert (conf.read_text() if conf.exists() else None) == edited
+
+
+def test_a_planned_creation_fails_if_someone_created_the_file_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "resolv.conf"
+    plan = plan_rewrite(str(path), fallback_text=HOST, create=True)
+    assert (plan.record.created, plan.record.created_dir, path.parent.exists()) == (True, True, False)
+    path.parent.mkdir()
+    path.write_text("nameserver 10.9.9.9\n")
+    with pytest.raises(FileExistsError):
+        write_plan(plan)
+    assert path.read_text() == "nameserver 10.9.9.9\n"

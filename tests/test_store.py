@@ -31,7 +31,11 @@ def _changes() -> list[m.Event]:
     return events
 
 
-def _run(store: Store, events: list[m.Event]) -> tuple[Registry, dict[str, SandboxRecord]]:
+def _run(
+    store: Store, events: list[m.Event], targeted: bool = False
+) -> tuple[Registry, dict[str, SandboxRecord]]:
+    """Apply and save each event: comparing whole states, or (`targeted`) naming what changed, as the
+    daemon does."""
     registry = Registry()
     records: dict[str, SandboxRecord] = {}
     for number, event in enumerate(events):
@@ -40,7 +44,10 @@ def _run(store: Store, events: list[m.Event]) -> tuple[Registry, dict[str, Sandb
             records[netns] = SandboxRecord(identity=(1, number), resolv_conf=f"/tmp/{number}/resolv.conf")
         for sandbox in change.removed_sandboxes:
             records.pop(sandbox.netns, None)
-        store.save(registry.state, records)
+        if targeted and number > 0:
+            store.save(registry.state, records, dirty=change.added_sandboxes, touched=change.records)
+        else:
+            store.save(registry.state, records)
     return registry, records
 
 
@@ -57,6 +64,11 @@ def test_every_change_survives_a_reload(tmp_path: Path) -> None:
     registry, records = _run(Store(str(tmp_path)), _changes())
     assert _reloaded(tmp_path) == _doc(registry, records)
     assert (tmp_path / Store.JOURNAL_FILE).stat().st_size > 0, "changes after the first go to the journal"
+
+
+def test_saving_only_the_named_records_gives_the_same_state(tmp_path: Path) -> None:
+    registry, records = _run(Store(str(tmp_path)), _changes(), targeted=True)
+    assert _reloaded(tmp_path) == _doc(registry, records)
 
 
 def test_a_join_writes_only_what_it_changed(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The control API server: versioned HTTP+JSON routes on a Unix socket (mode 0600, root only).
 
-Rules: every error is JSON `{"error": {"kind": ..., "message": ...}}` with 400 (invalid), 404
-(not-found), 409 (conflict), 403 (not root) or 500; a refused request changes nothing. Only peers whose
-SO_PEERCRED uid is 0 or the daemon's own uid are served, in addition to the socket's file mode.
+Rules: every error is JSON `{"error": {"kind": ..., "message": ...}}` with 400 (invalid), 404 (not-found),
+409 (conflict), 503 (shared registry unreachable, or not-saved: the state directory is full or read-only),
+403 (not root) or 500; a refused request changes nothing. Only peers whose SO_PEERCRED uid is 0 or the
+daemon's own uid are served, in addition to the socket's file mode.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from resolver.app import AttachError
+from resolver.app import AttachError, PersistError
 from resolver.control import inspect, schema
 from resolver.registry.errors import RegistryError
 
@@ -52,10 +53,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RegistryError as exc:
-        status = {"invalid": 400, "not-found": 404, "conflict": 409}[exc.kind]
+        status = {"invalid": 400, "not-found": 404, "conflict": 409, "unavailable": 503}[exc.kind]
         return error_response(status, exc.kind, exc.message)
     except AttachError as exc:
         return error_response(500, "attach-failed", str(exc))
+    except PersistError as exc:
+        return error_response(503, "not-saved", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -63,13 +63,18 @@ def _fields(body: Any, required: dict[str, str], optional: dict[str, str]) -> di
 
 
 def create_network(body: Any) -> m.CreateNetwork:
-    f = _fields(body, {"name": "str"}, {"internal": "bool", "domain": "optstr", "dns": "list", "ttl": "int"})
+    f = _fields(
+        body,
+        {"name": "str"},
+        {"internal": "bool", "domain": "optstr", "dns": "list", "ttl": "int", "scope": "str"},
+    )
     return m.CreateNetwork(
         f["name"],
         f.get("internal", False),
         f.get("domain"),
         f.get("dns", ()),
         f.get("ttl", m.DEFAULT_LOCAL_TTL),
+        f.get("scope", "local"),
     )
 
 

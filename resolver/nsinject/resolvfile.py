@@ -239,6 +239,79 @@ def _remove_dir(directory: str) -> None:
 # --- rewrite / restore -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A rewrite worked out but not written yet (``plan_rewrite``); ``write_plan`` carries it out. The
+    caller can persist ``record`` in between, so a crash never leaves a rewritten file it cannot undo."""
+
+    record: Rewrite
+    servers: tuple[str, ...]
+    data: bytes
+    seen_digest: str | None  # sha256 of the file when planned; None: it was missing and is created
+
+
+def plan_rewrite(
+    path: str,
+    resolver_address: str = RESOLVER_ADDRESS,
+    fallback_text: str | None = None,
+    *,
+    previous: Rewrite | None = None,
+    create: bool | None = None,
+) -> Plan:
+    """Work out how to point the file at ``resolver_address``: the undo record, the upstream servers and
+    the bytes to write. Reads only.
+
+    ``create``: make a missing file (default: only for ``/etc/netns/NAME/resolv.conf``); its servers come
+    from ``fallback_text``. ``previous``: the record persisted before a daemon restart; when the file still
+    carries our footer, its original text and created flags are kept. Without it, the original of such a
+    file is rebuilt from the footer (servers, search, options), not byte for byte.
+    """
+    current_bytes = _read(path)
+    if current_bytes is None:
+        if not (_is_netns_file(path) if create is None else create):
+            raise FileNotFoundError(errno.ENOENT, "no such file", path)
+        text, servers = sandbox_file(parse(fallback_text or ""), resolver_address)
+        data = _encode(text)
+        created_dir = not os.path.isdir(os.path.dirname(path))
+        return Plan(Rewrite(path, None, _digest(data), True, created_dir), servers, data, None)
+    current = _decode(current_bytes)
+    recovered = recover_original(current)
+    original_text: str | None
+    if recovered is None:
+        original, original_text = parse(current), current
+        created = created_dir = False
+    elif previous is not None and previous.path == path:
+        original, original_text = recovered, previous.original_text
+        created, created_dir = previous.created, previous.created_dir
+    else:
+        original, original_text = recovered, render_plain(recovered)
+        created = created_dir = False
+    text, servers = sandbox_file(original, resolver_address)
+    data = _encode(text)
+    record = Rewrite(path, original_text, _digest(data), created, created_dir)
+    return Plan(record, servers, data, _digest(current_bytes))
+
+
+def write_plan(plan: Plan) -> None:
+    """Write a planned rewrite in place; raises OSError (``EAGAIN``) when the file changed since it was
+    planned (created, removed or edited meanwhile), and then writes nothing."""
+    path = plan.record.path
+    if plan.seen_digest is None:
+        fd, _created_dir = _create(path)
+        try:
+            _write_fd(fd, plan.data)
+        finally:
+            os.close(fd)
+        return
+    fd = _open_regular(path, os.O_RDWR)
+    try:
+        if _digest(_read_fd(fd, path)) != plan.seen_digest:
+            raise OSError(errno.EAGAIN, "changed while the rewrite was prepared", path)
+        _write_fd(fd, plan.data)
+    finally:
+        os.close(fd)
+
+
 def rewrite(
     path: str,
     resolver_address: str = RESOLVER_ADDRESS,
@@ -247,51 +320,11 @@ def rewrite(
     previous: Rewrite | None = None,
     create: bool | None = None,
 ) -> tuple[Rewrite, tuple[str, ...]]:
-    """Point the file at ``resolver_address`` in place; returns the undo record and the upstream servers.
-
-    ``create``: make a missing file (default: only for ``/etc/netns/NAME/resolv.conf``); its servers come
-    from ``fallback_text``. ``previous``: the record persisted before a daemon restart; when the file still
-    carries our footer, its original text and created flags are kept. Without it, the original of such a
-    file is rebuilt from the footer (servers, search, options), not byte for byte.
-    """
-    try:
-        fd = _open_regular(path, os.O_RDWR)
-    except FileNotFoundError:
-        if not (_is_netns_file(path) if create is None else create):
-            raise
-        return _rewrite_created(path, resolver_address, fallback_text)
-    try:
-        current = _decode(_read_fd(fd, path))
-        recovered = recover_original(current)
-        original_text: str | None
-        if recovered is None:
-            original, original_text = parse(current), current
-            created = created_dir = False
-        elif previous is not None and previous.path == path:
-            original, original_text = recovered, previous.original_text
-            created, created_dir = previous.created, previous.created_dir
-        else:
-            original, original_text = recovered, render_plain(recovered)
-            created = created_dir = False
-        text, servers = sandbox_file(original, resolver_address)
-        data = _encode(text)
-        _write_fd(fd, data)
-    finally:
-        os.close(fd)
-    return Rewrite(path, original_text, _digest(data), created, created_dir), servers
-
-
-def _rewrite_created(
-    path: str, resolver_address: str, fallback_text: str | None
-) -> tuple[Rewrite, tuple[str, ...]]:
-    text, servers = sandbox_file(parse(fallback_text or ""), resolver_address)
-    data = _encode(text)
-    fd, created_dir = _create(path)
-    try:
-        _write_fd(fd, data)
-    finally:
-        os.close(fd)
-    return Rewrite(path, None, _digest(data), created=True, created_dir=created_dir), servers
+    """Point the file at ``resolver_address`` in place (``plan_rewrite`` then ``write_plan``); returns
+    the undo record and the upstream servers."""
+    plan = plan_rewrite(path, resolver_address, fallback_text, previous=previous, create=create)
+    write_plan(plan)
+    return plan.record, plan.servers
 
 
 def still_ours(rw: Rewrite) -> bool:

@@ -1,7 +1,8 @@
 """Errors raised by the registry when an event is refused.
 
 Every error carries a `kind` that the control API maps to an HTTP status: `invalid` (400), `not-found`
-(404) and `conflict` (409). The message says what is wrong in words a user can act on.
+(404), `conflict` (409) and `unavailable` (503: the shared registry of a global network is unreachable).
+The message says what is wrong in words a user can act on.
 """
 
 from __future__ import annotations
@@ -33,3 +34,9 @@ class Conflict(RegistryError):
     """The event clashes with what is registered (duplicate id or address, network still in use)."""
 
     kind = "conflict"
+
+
+class Unavailable(RegistryError):
+    """The change needs the shared registry (a global network) and it cannot be reached now."""
+
+    kind = "unavailable"

@@ -12,9 +12,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 ServiceMode = Literal["vip", "dnsrr"]
+Scope = Literal["local", "global"]
 Protocol = Literal["tcp", "udp"]
 DEFAULT_LOCAL_TTL = 5
 _SHORT_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
@@ -51,15 +52,21 @@ class Network:
     domain: str | None = None
     upstreams: tuple[str, ...] = ()
     ttl: int = DEFAULT_LOCAL_TTL
+    scope: Scope = "local"
+    """`global`: the network spans hosts and its registry is shared (see resolver/backends)."""
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        """`scope` appears for global networks only, so a local network's form is what it always was."""
+        record: dict[str, object] = {
             "name": self.name,
             "internal": self.internal,
             "domain": self.domain,
             "dns": list(self.upstreams),
             "ttl": self.ttl,
         }
+        if self.scope != "local":
+            record["scope"] = self.scope
+        return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,8 @@ class Endpoint:
     ports: tuple[NamedPort, ...] = ()
     upstreams: tuple[str, ...] = ()
     resolv_conf: str | None = None
+    host: str | None = None
+    """The host whose daemon joined it; None for this host. A remote endpoint has no local sandbox."""
 
     @property
     def short_id(self) -> str | None:
@@ -93,7 +102,8 @@ class Endpoint:
         return tuple(seen.values())
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        """`host` appears for endpoints joined on another host only."""
+        record: dict[str, object] = {
             "id": self.id,
             "network": self.network,
             "netns": self.sandbox,
@@ -107,6 +117,9 @@ class Endpoint:
             "dns": list(self.upstreams),
             "resolv_conf": self.resolv_conf,
         }
+        if self.host is not None:
+            record["host"] = self.host
+        return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +185,7 @@ class CreateNetwork:
     domain: str | None = None
     upstreams: tuple[str, ...] = ()
     ttl: int = DEFAULT_LOCAL_TTL
+    scope: str = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +208,7 @@ class JoinEndpoint:
     upstreams: tuple[str, ...] = ()
     resolv_conf: str | None = None
     rewrite_resolv_conf: bool = True  # false: serve the sandbox but leave its resolv.conf alone
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,3 +270,6 @@ class Change:
     """Sandboxes whose own record changed (endpoints or upstreams), beyond what the networks say."""
     joined: Endpoint | None = None
     """The endpoint a join added, so views can extend a table instead of rebuilding it."""
+    records: tuple[tuple[str, Any], ...] = ()
+    """(kind, key) of every record the event put or deleted: "networks", "services", "endpoints" or
+    "sandboxes", keyed as in `State`; what a store needs to write, without comparing whole states."""

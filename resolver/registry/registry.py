@@ -28,6 +28,7 @@ from resolver.registry.model import (
     RemoveSandbox,
     RemoveService,
     Sandbox,
+    Scope,
     Service,
     SetSandboxUpstreams,
     State,
@@ -39,9 +40,17 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+def _copy(mapping: Mapping[K, V]) -> dict[K, V]:
+    """A mutable copy; for the read-only proxies the state holds, a C copy of the dict underneath
+    (`dict(proxy)` goes key by key: 1 ms for 2,000 endpoints, on every join)."""
+    if isinstance(mapping, MappingProxyType):
+        return mapping.copy()  # type: ignore[return-value]
+    return dict(mapping)
+
+
 def _with(mapping: Mapping[K, V], key: K, value: V | None) -> Mapping[K, V]:
     """A frozen copy of `mapping` with `key` set to `value`, or removed when `value` is None."""
-    copy = dict(mapping)
+    copy = _copy(mapping)
     if value is None:
         copy.pop(key, None)
     else:
@@ -53,6 +62,12 @@ def _check_ttl(ttl: Any) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= MAX_TTL:
         raise InvalidValue(f"ttl {ttl!r} must be a whole number of seconds between 0 and {MAX_TTL}")
     return ttl
+
+
+def _check_scope(scope: Any) -> Scope:
+    if scope not in ("local", "global"):
+        raise InvalidValue(f"network scope {scope!r} must be 'local' or 'global'")
+    return scope  # type: ignore[no-any-return]
 
 
 def _check_servers(values: Iterable[str]) -> tuple[str, ...]:
@@ -102,7 +117,7 @@ def _with_addresses(
     state: State, network: str, owner: str | None, addresses: Iterable[object]
 ) -> Mapping[str, Mapping[str, str]]:
     """`state.addresses` with `addresses` given to `owner` on `network` (freed when `owner` is None)."""
-    used = dict(_network_addresses(state, network))
+    used = _copy(_network_addresses(state, network))
     for address in addresses:
         if owner is None:
             used.pop(str(address), None)
@@ -139,9 +154,12 @@ def _create_network(state: State, ev: CreateNetwork) -> Change:
         domain=names.check_domain(ev.domain).lower() if ev.domain else None,
         upstreams=_check_servers(ev.upstreams),
         ttl=_check_ttl(ev.ttl),
+        scope=_check_scope(ev.scope),
     )
     return Change(
-        replace(state, networks=_with(state.networks, ev.name, network)), touched_networks=(ev.name,)
+        replace(state, networks=_with(state.networks, ev.name, network)),
+        touched_networks=(ev.name,),
+        records=(("networks", ev.name),),
     )
 
 
@@ -157,11 +175,16 @@ def _remove_network(state: State, ev: RemoveNetwork) -> Change:
         services=services,
         addresses=_with(state.addresses, ev.name, None),
     )
-    return Change(new, touched_networks=(ev.name,))
+    dropped = [("services", k) for k in state.services if k not in services]
+    return Change(new, touched_networks=(ev.name,), records=(("networks", ev.name), *dropped))
 
 
 def _build_endpoint(state: State, ev: JoinEndpoint) -> Endpoint:
-    _require_network(state, ev.network)
+    network = _require_network(state, ev.network)
+    if ev.host is not None:
+        names.check_label(ev.host, "host id")
+        if network.scope != "global":
+            raise InvalidValue(f"network {ev.network!r} is local to this host; no other host can join it")
     endpoint = Endpoint(
         id=_check_endpoint_id(ev.endpoint),
         network=ev.network,
@@ -175,6 +198,7 @@ def _build_endpoint(state: State, ev: JoinEndpoint) -> Endpoint:
         ports=tuple(parse_port(p) for p in ev.ports),
         upstreams=_check_servers(ev.upstreams),
         resolv_conf=ev.resolv_conf or None,
+        host=ev.host,
     )
     if (ev.network, endpoint.id) in state.endpoints:
         raise Conflict(f"endpoint {endpoint.id!r} is already joined to network {ev.network!r}")
@@ -185,6 +209,14 @@ def _build_endpoint(state: State, ev: JoinEndpoint) -> Endpoint:
 def _join(state: State, ev: JoinEndpoint) -> Change:
     endpoint = _build_endpoint(state, ev)
     key = (endpoint.network, endpoint.id)
+    addresses = _with_addresses(
+        state, endpoint.network, f"endpoint {endpoint.id!r}", (*endpoint.ipv4, *endpoint.ipv6)
+    )
+    if endpoint.host is not None:  # joined on another host: no sandbox here
+        new = replace(state, endpoints=_with(state.endpoints, key, endpoint), addresses=addresses)
+        return Change(
+            new, touched_networks=(endpoint.network,), joined=endpoint, records=(("endpoints", key),)
+        )
     sandbox = state.sandboxes.get(endpoint.sandbox)
     added = () if sandbox is not None else (endpoint.sandbox,)
     sandbox = sandbox or Sandbox(netns=endpoint.sandbox)
@@ -193,9 +225,7 @@ def _join(state: State, ev: JoinEndpoint) -> Change:
         state,
         endpoints=_with(state.endpoints, key, endpoint),
         sandboxes=_with(state.sandboxes, sandbox.netns, sandbox),
-        addresses=_with_addresses(
-            state, endpoint.network, f"endpoint {endpoint.id!r}", (*endpoint.ipv4, *endpoint.ipv6)
-        ),
+        addresses=addresses,
     )
     return Change(
         new,
@@ -203,6 +233,7 @@ def _join(state: State, ev: JoinEndpoint) -> Change:
         touched_networks=(endpoint.network,),
         touched_sandboxes=(sandbox.netns,),
         joined=endpoint,
+        records=(("endpoints", key), ("sandboxes", sandbox.netns)),
     )
 
 
@@ -224,8 +255,8 @@ def find_endpoint(state: State, endpoint_id: str, network: str | None = None) ->
 
 
 def _drop_endpoints(state: State, keys: Iterable[tuple[str, str]]) -> Change:
-    endpoints = dict(state.endpoints)
-    sandboxes = dict(state.sandboxes)
+    endpoints = _copy(state.endpoints)
+    sandboxes = _copy(state.sandboxes)
     removed: list[Sandbox] = []
     touched: list[str] = []
     left: list[str] = []
@@ -233,6 +264,8 @@ def _drop_endpoints(state: State, keys: Iterable[tuple[str, str]]) -> Change:
     for key in keys_list:
         endpoint = endpoints.pop(key)
         touched.append(endpoint.network)
+        if endpoint.host is not None:
+            continue
         left.append(endpoint.sandbox)
         sandbox = sandboxes[endpoint.sandbox]
         remaining = tuple(k for k in sandbox.endpoints if k != key)
@@ -249,6 +282,7 @@ def _drop_endpoints(state: State, keys: Iterable[tuple[str, str]]) -> Change:
         removed_sandboxes=tuple(removed),
         touched_networks=tuple(dict.fromkeys(touched)),
         touched_sandboxes=tuple(dict.fromkeys(left)),
+        records=(*(("endpoints", k) for k in keys_list), *(("sandboxes", n) for n in dict.fromkeys(left))),
     )
 
 
@@ -279,7 +313,7 @@ def _create_service(state: State, ev: CreateService) -> Change:
         services=_with(state.services, (ev.network, ev.name), service),
         addresses=_with_addresses(state, ev.network, f"service {ev.name!r} (VIP)", vips),
     )
-    return Change(new, touched_networks=(ev.network,))
+    return Change(new, touched_networks=(ev.network,), records=(("services", (ev.network, ev.name)),))
 
 
 def _remove_service(state: State, ev: RemoveService) -> Change:
@@ -292,7 +326,7 @@ def _remove_service(state: State, ev: RemoveService) -> Change:
         services=_with(state.services, (ev.network, ev.name), None),
         addresses=_with_addresses(state, ev.network, None, service.vips),
     )
-    return Change(new, touched_networks=(ev.network,))
+    return Change(new, touched_networks=(ev.network,), records=(("services", (ev.network, ev.name)),))
 
 
 def _set_upstreams(state: State, ev: SetSandboxUpstreams) -> Change:
@@ -302,7 +336,7 @@ def _set_upstreams(state: State, ev: SetSandboxUpstreams) -> Change:
     servers = _check_servers(ev.upstreams)
     sandbox = replace(sandbox, original_upstreams=servers)
     new = replace(state, sandboxes=_with(state.sandboxes, sandbox.netns, sandbox))
-    return Change(new, touched_sandboxes=(sandbox.netns,))
+    return Change(new, touched_sandboxes=(sandbox.netns,), records=(("sandboxes", sandbox.netns),))
 
 
 _HANDLERS: dict[type, Callable[[State, Any], Change]] = {

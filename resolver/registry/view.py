@@ -1,9 +1,11 @@
 """Per-sandbox views: the immutable set of names a sandbox can see, built from the registry state.
 
 A `NameTable` holds the names of one combination of networks (the union of their registries, the
-first network in the sandbox's endpoint order winning a name both define). Sandboxes attached to the
-same networks share one table. A `View` adds the sandbox's upstream servers. Tables are rebuilt only
-when one of their networks changed; a query holds the view it started with for its whole life.
+first network in the sandbox's endpoint order winning a name both define); the reverse name of an
+endpoint address answers its primary name, that of a service VIP the service name, both qualified with
+the domain or else the network name. Sandboxes attached to the same networks share one table. A `View`
+adds the sandbox's upstream servers. Tables are rebuilt only when one of their networks changed; a query
+holds the view it started with for its whole life.
 
 `NameTable.memo`, `fast` and `exact` are slots the answering core fills with prepared answers; they
 belong to one table and are dropped with it, so a stale answer can never outlive a change.
@@ -174,6 +176,10 @@ class _TableBuilder:
             vip_v6 = [v for v in service.vips if v.version == 6]
             for data in self.entries(name):
                 data.add_addresses(vip_v4, vip_v6)
+            for vip in service.vips:  # a VIP's reverse name is local too: answered, never forwarded
+                self.names.setdefault(
+                    reverse_key(vip), NameData(zone=self.local_zone, ptr=self.qualified(name))
+                )
         else:
             for data in self.entries(name):
                 data.add_addresses(task_v4, task_v6)
@@ -209,9 +215,14 @@ def _build_network(state: State, network: Network) -> _TableBuilder:
 
 def merge_tables(networks: tuple[Network, ...], per_network: Sequence[Mapping[bytes, NameData]]) -> NameTable:
     """Union of the networks' names; the first network (in sandbox order) wins a shared name."""
-    names: dict[bytes, NameData] = {}
-    for table in reversed(per_network):
-        names.update(table)
+    names: Mapping[bytes, NameData]
+    if len(per_network) == 1:
+        names = per_network[0]  # published tables are never changed, so one network's is shared as is
+    else:
+        merged: dict[bytes, NameData] = {}
+        for table in reversed(per_network):
+            merged.update(table)
+        names = merged
     domains = tuple(
         (wire_key(n.domain), Zone(n.domain, n.ttl, True)) for n in networks if n.domain is not None
     )

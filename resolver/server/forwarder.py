@@ -26,6 +26,7 @@ from resolver.server.upstream import (
     PROBE_QUESTION,
     Health,
     ReplyWatch,
+    SandboxClosed,
     SocketFactory,
     UpstreamError,
     ask,
@@ -77,6 +78,10 @@ class Forwarder:
         if self._watch is None:
             self._watch = ReplyWatch(asyncio.get_running_loop())
         return self._watch
+
+    def forget(self, sandbox: str) -> None:
+        """The sandbox left: its own servers' health goes, and so do the probes of them."""
+        self.health.forget(sandbox)
 
     def over_limit(self, sandbox: str) -> str | None:
         if self.total >= self.settings.limits_inflight_total:
@@ -198,6 +203,9 @@ class Forwarder:
                     False,
                     self.watch(),
                 )
+            except SandboxClosed:
+                self.health.forget(sandbox)  # the sandbox left: nothing to probe from any more
+                return
             except Exception:
                 continue
             break

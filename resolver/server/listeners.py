@@ -4,7 +4,10 @@ UDP: the fast path runs inline in `datagram_received` (prepared answers need no 
 exactly like one answered before costs one dictionary lookup and one concatenation; everything else
 goes through the dispatcher. TCP (RFC 7766): 2-byte length framing read exactly, several queries per
 connection answered concurrently and out of order (bounded per connection), an idle timeout, a cap on
-connections per sandbox; a short or broken frame closes the connection. TC is never set over TCP.
+connections per sandbox (a connection over it is closed at once); a short or broken frame closes the
+connection. A client that does not read its replies is not read from either, and is closed when it has
+not taken them within the idle timeout, so unread replies cannot pile up in memory. TC is never set over
+TCP.
 """
 
 from __future__ import annotations
@@ -87,6 +90,9 @@ class TcpConnection:
     async def serve(self) -> None:
         try:
             while (message := await self._read_frame()) is not None:
+                if not await self._replies_taken():
+                    self.writer.transport.abort()  # close() would wait for the client to read them
+                    break
                 await self.slots.acquire()
                 task = self.site.dispatcher.answer(message, self.site.view, "tcp", self._send, self.pending)
                 if task is None:
@@ -99,6 +105,19 @@ class TcpConnection:
             self.writer.close()
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
+
+    async def _replies_taken(self) -> bool:
+        """Backpressure: once the replies waiting to be sent pass the transport's high-water mark, wait
+        (up to the idle timeout) for the client to read them; False when it did not."""
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+            return True
+        try:
+            async with asyncio.timeout(self.site.settings.tcp_idle_timeout):
+                await self.writer.drain()
+        except (TimeoutError, ConnectionError):
+            return False
+        return True
 
     def _send(self, wire: bytes) -> None:
         if not self.writer.is_closing():

@@ -73,13 +73,19 @@ def _new_sockets(family: socket.AddressFamily, kind: int, count: int) -> list[so
     return [_new_socket(family, kind) for _ in range(count)]
 
 
+class SandboxClosed(OSError):
+    """No socket is made in a sandbox the daemon no longer serves (it left, or its namespace went)."""
+
+
 class SocketPool:
     """Fresh, never-used sockets made inside sandboxes in batches, so one trip through the namespace
     worker serves many upstream queries. Each socket is used for one query and closed: the kernel
     still picks a new random source port at connect time. One refill per (sandbox, family, kind) runs
     at a time and starts when half the batch is used, so queries rarely wait for the worker and a
-    burst never sends one trip per waiting query. `drop` closes a sandbox's spare sockets (they would
-    keep its namespace alive), and sockets of a refill that finishes after the drop are closed too."""
+    burst never sends one trip per waiting query. Sockets are made only for sandboxes between `open`
+    and `drop`: `drop` closes a sandbox's spare sockets (they would keep its namespace alive), sockets
+    of a refill that finishes after the drop are closed too, and a query or probe still running for
+    the sandbox afterwards gets SandboxClosed instead of a socket."""
 
     def __init__(self, run_in: Callable[..., Awaitable[list[socket.socket]]], batch: int = 64) -> None:
         self.run_in = run_in
@@ -88,6 +94,10 @@ class SocketPool:
         self._refills: dict[PoolKey, asyncio.Future[None]] = {}
         self._stale: set[PoolKey] = set()
         self._factories: dict[str, SocketFactory] = {}
+        self._open: set[str] = set()
+
+    def open(self, sandbox: str) -> None:
+        self._open.add(sandbox)
 
     def factory(self, sandbox: str) -> SocketFactory:
         make = self._factories.get(sandbox)
@@ -106,6 +116,8 @@ class SocketPool:
                 if len(spare) <= self.batch // 2:
                     self._refill(key)
                 return spare.pop()
+            if key[0] not in self._open:
+                raise SandboxClosed(f"sandbox {key[0]} is no longer served")
             await asyncio.shield(self._refill(key))
 
     def _refill(self, key: PoolKey) -> asyncio.Future[None]:
@@ -121,7 +133,7 @@ class SocketPool:
             made = await self.run_in(sandbox, _new_sockets, family, kind, self.batch)
         finally:
             del self._refills[key]
-            stale = key in self._stale
+            stale = key in self._stale or sandbox not in self._open
             self._stale.discard(key)
         if stale:
             for sock in made:
@@ -130,6 +142,7 @@ class SocketPool:
         self._spare.setdefault(key, []).extend(made)
 
     def drop(self, sandbox: str) -> None:
+        self._open.discard(sandbox)
         self._stale.update(k for k in self._refills if k[0] == sandbox)
         self._factories.pop(sandbox, None)
         for key in [k for k in self._spare if k[0] == sandbox]:
@@ -137,7 +150,7 @@ class SocketPool:
                 sock.close()
 
     def close(self) -> None:
-        for sandbox in {k[0] for k in self._spare}:
+        for sandbox in {*self._open, *(k[0] for k in self._spare)}:
             self.drop(sandbox)
 
 
@@ -181,6 +194,10 @@ class Health:
 
     def is_down(self, upstream: Upstream, sandbox: str) -> bool:
         return server_key(upstream, sandbox) in self._down
+
+    def forget(self, sandbox: str) -> None:
+        """Drop what is known about a sandbox's own servers (it left); its probes then stop."""
+        self._down = {key for key in self._down if key[0] != sandbox}
 
     def down(self) -> list[str]:
         return sorted(f"{a}:{p}" + (f" (from {s})" if s else "") for s, a, p in self._down)

@@ -2,7 +2,8 @@
 with dnspython from inside a sandbox to the running daemon, for a zone we serve (a network domain) and
 for a zone we forward (served by a real dnsmasq upstream, authoritative for it).
 
-One row per probe: the query genreport sends and what its `process()` accepts as `ok`. The zone probes
+One row per probe (the EDNS, FULL and COMMON groups, and the TYPE group: one plain query per type): the
+query genreport sends and what its `process()` accepts as `ok`. The zone probes
 ask `SOA <zone>`. A local zone is checked in genreport's default (non-recursive) mode: RD clear, AA set
 on NOERROR; the forwarded zone in its recursive mode (`-R`): RD set and echoed, AA clear. Problems are
 collected per probe so a failing run names every probe that failed.
@@ -44,7 +45,7 @@ class Probe:
 
     name: str
     expect: str
-    rdtype: str = "SOA"
+    rdtype: str | int = "SOA"
     edns: int | None = None
     payload: int = 4096
     do: bool = False
@@ -63,6 +64,7 @@ PROBES = [
     Probe("ad", "soa", flags=dns.flags.AD),
     Probe("cd", "soa", flags=dns.flags.CD),
     Probe("ra", "soa", flags=dns.flags.RA),
+    Probe("rd", "soa", flags=dns.flags.RD),
     Probe("tc", "soa", flags=dns.flags.TC),
     Probe("zflag", "soa", flags=Z_FLAG),
     Probe("opcode", "notimp", opcode=15, header_only=True),
@@ -95,9 +97,27 @@ PROBES = [
     Probe("ednsexpire", "soa", edns=0, options=((EXPIRE, b""),)),
     Probe("ednssubnet", "soa", edns=0, options=((ECS, ECS_ZERO),)),
     Probe("edns1nsid", "badvers", edns=1, options=((NSID, b""),)),
+    Probe("edns1cookie", "badvers", edns=1, options=((COOKIE, CLIENT_COOKIE),)),
+    Probe("edns1expire", "badvers", edns=1, options=((EXPIRE, b""),)),
+    Probe("edns1subnet", "badvers", edns=1, options=((ECS, ECS_ZERO),)),
     Probe("ednstcp", "small", rdtype="DNSKEY", edns=0, do=True, payload=512, tcp=True),
     Probe("bind11", "soa", edns=0, do=True, options=((COOKIE, CLIENT_COOKIE),)),
+    Probe("dig11", "soa", edns=0, options=((COOKIE, CLIENT_COOKIE),), flags=dns.flags.AD | dns.flags.RD),
 ]
+# genreport's TYPE group: a plain query of each type at the zone; any NOERROR answer (data or NODATA)
+TYPES = {
+    **dict(zip(["A", "NS", "MD", "MF", "CNAME", "SOA", "MB", "MG", "MR", "NULL"], range(1, 11), strict=True)),
+    **dict(zip(["WKS", "PTR", "HINFO", "MINFO", "MX", "TXT", "RP", "AFSDB"], range(11, 19), strict=True)),
+    **dict(zip(["X25", "ISDN", "RT", "NSAP", "NSAP-PTR", "SIG", "KEY", "PX"], range(19, 27), strict=True)),
+    **dict(zip(["GPOS", "AAAA", "LOC", "NXT"], range(27, 31), strict=True)),
+    **{"SRV": 33, "NAPTR": 35, "KX": 36, "CERT": 37, "A6": 38, "DNAME": 39, "APL": 42},
+    **dict(zip(["DS", "SSHFP", "IPSECKEY", "RRSIG", "NSEC", "DNSKEY"], range(43, 49), strict=True)),
+    **dict(zip(["DHCID", "NSEC3", "NSEC3PARAM", "TLSA", "SMIMEA"], range(49, 54), strict=True)),
+    **{"HIP": 55, "CDS": 59, "CDNSKEY": 60, "OPENPGPKEY": 61, "SPF": 99},
+    **dict(zip(["NID", "L32", "L64", "LP", "EUI48", "EUI64"], range(104, 110), strict=True)),
+    **{"URI": 256, "CAA": 257, "AVC": 258, "DOA": 259, "DLV": 32769, "TYPE1000": 1000},
+}
+TYPE_PROBES = [Probe(name, "noerror", rdtype=code) for name, code in TYPES.items()]
 
 
 def build(probe: Probe, zone: str, recursive: bool) -> dns.message.Message:
@@ -153,7 +173,7 @@ def problems(probe: Probe, query: dns.message.Message, answer: Answer, zone: str
     soa = [r for r in reply.answer if r.rdtype == dns.rdatatype.SOA and r.name.to_text() == zone + "."]
     if probe.expect == "soa":
         need(bool(soa), "nosoa")
-    else:
+    elif probe.expect == "nodata":
         need(not reply.answer, "answer to an empty type")
     if local:
         need(bool(reply.flags & dns.flags.AA), "noaa")
@@ -162,9 +182,9 @@ def problems(probe: Probe, query: dns.message.Message, answer: Answer, zone: str
     return found
 
 
-def run_probes(client: Client, zone: str, local: bool) -> dict[str, list[str]]:
+def run_probes(client: Client, zone: str, local: bool, probes: list[Probe]) -> dict[str, list[str]]:
     failures: dict[str, list[str]] = {}
-    for probe in PROBES:
+    for probe in probes:
         query = build(probe, zone, recursive=not local)
         try:
             answer = client.exchange_tcp(query, 5) if probe.tcp else client.exchange_udp(query, 5)
@@ -177,9 +197,13 @@ def run_probes(client: Client, zone: str, local: bool) -> dict[str, list[str]]:
     return failures
 
 
-@pytest.mark.parametrize("mode", ["local", "forwarded"])
+@pytest.mark.parametrize(
+    ("mode", "group"),
+    [("local", "edns+full+comm"), ("forwarded", "edns+full+comm"), ("local", "type"), ("forwarded", "type")],
+)
 def test_isc_compliance_probes(
     mode: str,
+    group: str,
     addresses,
     dnsmasq: Callable,
     start_daemon: Callable,
@@ -200,6 +224,7 @@ def test_isc_compliance_probes(
     daemon.join(netns, network="cmp")
     zone = LOCAL_ZONE if mode == "local" else FORWARDED_ZONE
     with Client(netns) as client:
-        failures = run_probes(client, zone, local=mode == "local")
+        probes = TYPE_PROBES if group == "type" else PROBES
+        failures = run_probes(client, zone, mode == "local", probes)
     report = "\n".join(f"{name}: {', '.join(tags)}" for name, tags in failures.items())
-    assert not failures, f"{len(failures)} of {len(PROBES)} probes failed for {zone}:\n{report}"
+    assert not failures, f"{len(failures)} of {len(probes)} probes failed for {zone}:\n{report}"

@@ -148,6 +148,7 @@ class Daemon:
         self.host_resolv_conf.write_text(host_resolv_conf)
         self.proc: subprocess.Popen[bytes] | None = None
         self.logs: list[Path] = []
+        self.env: dict[str, str] = {}  # extra environment of the next `start` (e.g. a test-only hook)
         if len(str(self.socket)) > 100:
             raise DaemonError(f"socket path too long for AF_UNIX: {self.socket}")
 
@@ -185,7 +186,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=clean_env(),
+                env=clean_env(**self.env),
                 start_new_session=True,
             )
         LIVE_DAEMONS.append(self)

@@ -203,6 +203,10 @@ def test_spec_0_4_0_and_resolv_conf_left_alone(daemon: DaemonFactory, make_net: 
     assert resolved(ns_b, "z") == [address_a]
     assert not (NETNS_ETC / ns_a / "resolv.conf").exists()  # served all the same, file untouched
     net.chain.check(net.id_of(ns_a), f"/var/run/netns/{ns_a}")
+    d.stop()
+    d.start()  # re-attaches from its saved state, and still leaves the file alone
+    assert resolved(ns_a, "eta") == [address_b]
+    assert not (NETNS_ETC / ns_a / "resolv.conf").exists()
 
 
 def test_del_removes_the_name_and_is_idempotent(daemon: DaemonFactory, make_net: Any) -> None:
