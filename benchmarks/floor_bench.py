@@ -7,7 +7,7 @@ Servers (each answers the query with QR set, so dnsperf counts a reply):
   blocking   recvfrom/sendto in a plain Python loop (what a C server does per datagram)
   uvloop     an asyncio DatagramProtocol on uvloop, transport.sendto
   reader     uvloop add_reader + recvfrom until EAGAIN, sock.sendto (several datagrams per wakeup)
-  daemon     this project, local answers (the same names as dns_bench local)
+  daemon     this project, local answers (the query mix of `python -m benchmarks -s local`)
   dnsmasq    dnsmasq 2.90 answering from a hosts file
 
 Run as root:  .venv/bin/python -m benchmarks.floor_bench [--seconds 8] [servers...]
@@ -22,21 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.dns_bench import (
-    call,
-    cli,
-    dnsmasq,
-    dnsperf,
-    names_and_addresses,
-    namespace,
-    process,
-    query_file,
-    server_pid,
-    start_daemon,
-    wait_answer,
-)
+from benchmarks import dataset, load
+from benchmarks.lab import SERVER_CPU, Lab
+from benchmarks.scenarios import local_daemon
+from benchmarks.servers import Server, dnsmasq_local, wait_answering
 
 PYTHON = sys.executable
+ECHO_ADDRESS = "127.0.0.13"
 ECHO = {
     "blocking": """
 import socket
@@ -94,14 +86,14 @@ def task_times(pid: int) -> tuple[float, float, float]:
     return user, system, run
 
 
-def measure(label: str, netns: str, server: str, queries: Path, seconds: float, pid: int) -> None:
-    before = task_times(pid)
-    result = dnsperf(netns, server, queries, seconds, pid)
-    after = task_times(pid)
-    n = max(result.qps * seconds, 1)
+def measure(server: Server, queries: Path, seconds: float) -> None:
+    before = task_times(server.pid)
+    result = load.throughput(server, queries, seconds)
+    after = task_times(server.pid)
+    n = max(result.completed, 1)
     user, system, run = (1e6 * (a - b) / n for a, b in zip(after, before, strict=True))
     print(
-        f"{label:<12}{result.qps:>10,.0f} q/s  {result.latency_ms:6.2f} ms  "
+        f"{server.label:<12}{result.qps:>10,.0f} q/s  {result.avg_ms:6.2f} ms  "
         f"CPU/query {run:5.1f} us (user {user:4.1f}, sys {system:4.1f})",
         flush=True,
     )
@@ -115,39 +107,28 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--names", type=int, default=1000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, namespace() as netns:
-        workdir = Path(tmp)
-        entries = names_and_addresses(args.names)
-        names = [f"{n}.corp.test" for n, _, _ in entries]
-        queries = query_file(workdir, names, [f"missing{i}.corp.test" for i in range(100)])
-        for server in args.servers:
-            if server in ECHO:
-                with process([PYTHON, "-c", ECHO[server]], workdir / f"{server}.log", netns) as proc:
+    with tempfile.TemporaryDirectory() as tmp, Lab(Path(tmp)) as lab:
+        netns = lab.add_namespaces(1)[0]
+        eps = dataset.endpoints(args.names)
+        queries = dataset.local_queries(lab.workdir / "local.txt", eps)
+        for name in args.servers:
+            with lab.scope():
+                if name in ECHO:
+                    proc = lab.spawn([PYTHON, "-c", ECHO[name]], f"{name}.log", netns, cpu=SERVER_CPU)
                     time.sleep(1.0)
-                    measure(server, netns, "127.0.0.13", queries, args.seconds, proc.pid)
-            elif server == "daemon":
-                with start_daemon(workdir, {}) as daemon:
-                    cli(daemon.sock, "network", "create", "bench", "--domain", "corp.test", "--internal")
-                    for i, (name, v4, v6) in enumerate(entries):
-                        body = {"network": "bench", "netns": netns, "endpoint": f"ep{i}", "name": name}
-                        call("POST", "/v1/endpoints", {**body, "ipv4": [v4], "ipv6": [v6]}, daemon.sock)
-                    wait_answer(netns, "127.0.0.11", "host0.corp.test")
-                    measure(server, netns, "127.0.0.11", queries, args.seconds, daemon.pid)
-            elif server == "dnsmasq":
-                hosts = workdir / "hosts"
-                hosts.write_text(
-                    "".join(f"{v4} {n}.corp.test\n{v6} {n}.corp.test\n" for n, v4, v6 in entries)
-                )
-                extra = [
-                    f"--addn-hosts={hosts}",
-                    "--local=/corp.test/",
-                    "--cache-size=10000",
-                    "--local-ttl=5",
-                ]
-                with dnsmasq(netns, "127.0.0.12", workdir, extra, "local") as proc:
-                    wait_answer(netns, "127.0.0.12", "host0.corp.test")
-                    pid = server_pid(proc, "dnsmasq")
-                    measure(server, netns, "127.0.0.12", queries, args.seconds, pid)
+                    server = Server(name, netns, ECHO_ADDRESS, proc.pid)
+                elif name == "daemon":
+                    daemon = local_daemon(lab, [netns], eps, "floor")
+                    ready = daemon.server(name, netns)
+                    server = wait_answering(lab, ready, f"host0.{dataset.DOMAIN}", daemon.log)
+                elif name == "dnsmasq":
+                    server = dnsmasq_local(
+                        lab, netns, dataset.hosts_file(lab.workdir / "hosts", eps, dataset.DOMAIN)
+                    )
+                    server.label = name
+                else:
+                    parser.error(f"unknown server {name}")
+                measure(server, queries, args.seconds)
 
 
 if __name__ == "__main__":

@@ -184,7 +184,6 @@ def _sites() -> list[Site]:
 
 SITES = _sites()
 LOOP = asyncio.new_event_loop()
-asyncio.set_event_loop(LOOP)
 
 
 # ---- what a reply must be -------------------------------------------------------------------------------
@@ -238,18 +237,18 @@ def check_reply(
 # ---- UDP ------------------------------------------------------------------------------------------------
 
 
+async def _deliver(site: Site, listener: UdpListener, data: bytes) -> None:
+    listener.datagram_received(data, CLIENT)
+    while site.tasks:
+        await asyncio.gather(*site.tasks)
+
+
 def _one_datagram(site: Site, data: bytes) -> list[bytes]:
-    """Run the listener on `data` as the loop would; forwarded queries are awaited on LOOP."""
+    """Run the listener on `data` inside the loop, as the server does, and await forwarded queries."""
     transport = RecordingDatagrams()
     listener = UdpListener(site, site.dispatcher.metrics.fast)
     listener.connection_made(transport)  # type: ignore[arg-type]
-
-    async def receive() -> None:  # inside the loop, as a datagram callback runs (tasks need a running loop)
-        listener.datagram_received(data, CLIENT)
-
-    LOOP.run_until_complete(receive())
-    while site.tasks:
-        LOOP.run_until_complete(asyncio.gather(*site.tasks))
+    LOOP.run_until_complete(_deliver(site, listener, data))
     assert all(addr == CLIENT for _, addr in transport.sent)
     return [wire for wire, _ in transport.sent]
 

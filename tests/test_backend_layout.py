@@ -204,9 +204,14 @@ def test_the_state_file_keeps_scope_and_the_last_known_remote_endpoints() -> Non
 
 def test_the_memory_backend_refuses_global_networks() -> None:
     backend = MemoryBackend()
-    with pytest.raises(RegistryError, match=r"registry\.backend"):
-        asyncio.run(backend.publish(NET, m.State()))
-    asyncio.run(backend.publish(m.CreateNetwork("lnet"), m.State()))
+    # a private loop: asyncio.run would leave the thread without a current loop for later tests
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(RegistryError, match=r"registry\.backend"):
+            loop.run_until_complete(backend.publish(NET, m.State()))
+        loop.run_until_complete(backend.publish(m.CreateNetwork("lnet"), m.State()))
+    finally:
+        loop.close()
 
 
 def test_registry_settings(tmp_path: Path) -> None:

@@ -99,10 +99,9 @@ class Dispatcher:
                 started,
             )
         elif isinstance(action, Forward):
-            # create_task, not ensure_future: that one spends microseconds proving it got a coroutine
-            task = asyncio.get_running_loop().create_task(
-                self._forward(action, view, transport, send, started)
-            )
+            # create_task, not ensure_future (that one spends microseconds proving it got a coroutine);
+            # get_event_loop: the fuzz targets call the listener with a loop set but not running
+            task = asyncio.get_event_loop().create_task(self._forward(action, view, transport, send, started))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             return task

@@ -237,12 +237,11 @@ class ReplyWatch:
         future = self.loop.create_future()
         if first:
             self._epoll.register(fd, _ONE_SHOT_IN)
-            self._deadlines.append((deadline, future))
-            if self._timer is None:
-                self._timer = self.loop.call_at(deadline, self._expire)
         else:
             self._epoll.modify(fd, _ONE_SHOT_IN)
-            self._deadlines.append((deadline, future))
+        self._deadlines.append((deadline, future))
+        if self._timer is None:  # also for a re-arm whose deadline the timer already passed
+            self._timer = self.loop.call_at(deadline, self._expire)
         self._waiting[fd] = future
         return future
 
