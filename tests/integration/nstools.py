@@ -308,19 +308,22 @@ class Lan:
 class Namespaces:
     """Makes `rt3-XXXXXXXXXX` namespaces (and LANs, and processes inside them) and removes them all."""
 
+    prefix = PREFIX
+    """Every name this class makes or adopts starts with it (a suite may set its own)."""
+
     def __init__(self) -> None:
         self.names: list[str] = []
         self.links: list[tuple[str, str]] = []
         self.interfaces: dict[str, int] = {}
         self.procs: list[subprocess.Popen[str]] = []
 
-    @staticmethod
-    def unique_name() -> str:
-        return f"{PREFIX}{secrets.token_hex(5)}"
+    @classmethod
+    def unique_name(cls) -> str:
+        return f"{cls.prefix}{secrets.token_hex(5)}"
 
     def adopt(self, name: str) -> str:
         """Delete namespace `name` (made by someone else, e.g. a README command) at cleanup."""
-        assert name.startswith(PREFIX), name
+        assert name.startswith(self.prefix), name
         self.names.append(name)
         return name
 

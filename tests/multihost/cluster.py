@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -32,14 +31,7 @@ LEASE_TTL = 5
 class Netns(Namespaces):
     """`Namespaces` with this suite's prefix."""
 
-    @staticmethod
-    def unique_name() -> str:
-        return f"{PREFIX}{secrets.token_hex(5)}"
-
-    def adopt(self, name: str) -> str:
-        assert name.startswith(PREFIX), name
-        self.names.append(name)
-        return name
+    prefix = PREFIX
 
 
 def netns_path(name: str) -> str:
