@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .nstools import LIVE_DAEMONS, NO_UPSTREAMS, Daemon, DaemonFactory, Namespaces, require
+from .nstools import LIVE_DAEMONS, NO_UPSTREAMS, Daemon, DaemonFactory, Namespaces, require, stop_daemons
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -56,19 +56,10 @@ def daemon(netns: Namespaces, tmp_path: Path) -> Iterator[DaemonFactory]:
         instance.start()
         return instance
 
-    failures: list[str] = []
     try:
         yield start
     finally:
-        for instance in started:
-            was_running = instance.running()
-            status = instance.stop()
-            if was_running and status != 0:
-                failures.append(
-                    f"the daemon did not exit 0 on SIGTERM (status {status}):\n{instance.log_text()}"
-                )
-    if failures:
-        pytest.fail("\n".join(failures))
+        stop_daemons(started)
 
 
 @pytest.fixture(scope="module")

@@ -264,6 +264,18 @@ class Daemon:
         return self.json("ls"), self.json("network", "ls")
 
 
+def stop_daemons(daemons: Sequence[Daemon]) -> None:
+    """Stop every daemon; fail the test if one that was running did not exit 0 on SIGTERM."""
+    failures: list[str] = []
+    for instance in daemons:
+        was_running = instance.running()
+        status = instance.stop()
+        if was_running and status != 0:
+            failures.append(f"the daemon did not exit 0 on SIGTERM (status {status}):\n{instance.log_text()}")
+    if failures:
+        pytest.fail("\n".join(failures))
+
+
 class DaemonFactory(Protocol):
     """The `daemon` fixture: starts a daemon (stopped at teardown)."""
 

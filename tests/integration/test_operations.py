@@ -34,6 +34,7 @@ from .nstools import (
     dig,
     netns_python,
     run,
+    stop_daemons,
     wait_until,
 )
 
@@ -108,17 +109,10 @@ def ops(netns: Namespaces, tmp_path: Path) -> Iterator[OpsFactory]:
         instance.start()
         return instance
 
-    failures: list[str] = []
     try:
         yield start
     finally:
-        for instance in started:
-            was_running = instance.running()
-            status = instance.stop()
-            if was_running and status != 0:
-                failures.append(f"the daemon did not exit 0 on SIGTERM (status {status}):\n{instance.log()}")
-    if failures:
-        pytest.fail("\n".join(failures))
+        stop_daemons(started)
 
 
 def joined_sandbox(d: Daemon, netns: Namespaces, address: str = "10.71.0.2") -> str:
