@@ -134,7 +134,9 @@ class Daemon:
             else None
         )
         self.sockets = SocketPool(self._run_in)
-        self.forwarder = Forwarder(settings, self.metrics, self.sockets.factory, self.cache)
+        self.forwarder = Forwarder(
+            settings, self.metrics, self.sockets.factory, self.cache, self.sockets.take_nowait
+        )
         self.dispatcher = Dispatcher(self.metrics, self.forwarder, self.cache)
         self.worker: ns.NamespaceWorker | None = None
         self.host_servers: tuple[str, ...] = ()

@@ -9,7 +9,7 @@ import dns.rrset
 import pytest
 
 from resolver.core.actions import Forward
-from resolver.core.cache import AnswerCache
+from resolver.core.cache import AnswerCache, cache_key
 
 
 def forward_for(name: str, qtype: str = "A", scope: tuple = ("up-a",)) -> Forward:
@@ -104,8 +104,40 @@ def test_nxdomain_is_cached_for_the_soa_minimum_with_its_soa() -> None:
 def test_uncacheable_replies(reply: bytes, why: str) -> None:
     cache = AnswerCache(size=10, max_ttl=3600)
     fwd = forward_for("x.example.")
-    assert not cache.store(fwd, reply, now=0.0), why
-    assert cache.get(fwd, now=0.0) is None
+    cache.store(fwd, reply, now=0.0)
+    assert cache.get(fwd, now=0.0) is None, why
+    assert len(cache) == 0, "an uncacheable reply is dropped at the latest on its first lookup"
+    assert cache.misses == 1
+
+
+def test_least_recently_used_entry_goes_first() -> None:
+    cache = AnswerCache(size=2, max_ttl=3600)
+    names = ["a.example.", "b.example.", "c.example."]
+    for name in names[:2]:
+        assert cache.store(forward_for(name), upstream_reply(name, answer="300 192.0.2.1"), now=0.0)
+    assert cache.get(forward_for("a.example."), now=1.0) is not None  # b is now the oldest
+    cache.store(forward_for("c.example."), upstream_reply("c.example.", answer="300 192.0.2.1"), now=2.0)
+    assert len(cache) == 2
+    assert cache.get(forward_for("b.example."), now=3.0) is None
+    assert cache.get(forward_for("a.example."), now=3.0) is not None
+    assert cache.get(forward_for("c.example."), now=3.0) is not None
+
+
+def test_a_large_reply_is_read_at_once_and_keeps_only_its_answer() -> None:
+    cache = AnswerCache(size=10, max_ttl=3600)
+    reply = dns.message.make_response(dns.message.make_query("big.example.", "A"))
+    reply.answer.append(dns.rrset.from_text("big.example.", 300, "IN", "A", "192.0.2.1"))
+    reply.additional.append(
+        dns.rrset.from_text("pad.example.", 300, "IN", "TXT", *[f'"{i}{"x" * 200}"' for i in range(10)])
+    )
+    wire = reply.to_wire()
+    assert len(wire) > 1232
+    assert cache.store(forward_for("big.example."), wire, now=0.0)
+    kept = cache._entries[cache_key(forward_for("big.example."))]
+    assert not isinstance(kept, tuple), "a reply over the UDP payload size is not kept whole"
+    truncated = bytearray(wire)
+    truncated[3] = dns.rcode.NXDOMAIN  # negative and without an SOA: not cacheable, known at once
+    assert not cache.store(forward_for("big.example."), bytes(truncated), now=0.0)
 
 
 def test_entries_are_not_shared_across_upstream_scopes() -> None:

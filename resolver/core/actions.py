@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from resolver.registry.model import Upstream
@@ -28,7 +29,7 @@ class Forward:
     max_size: int
     edns: bool
     do: bool = False
-    scope: tuple = ()
+    scope: Hashable = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,24 +9,27 @@ capped by `max_ttl` (the SOA of a negative entry by its lifetime); TTLs are coun
 Entries are keyed by the upstream scope (the upstream set, plus the sandbox when servers are reached
 from inside it), the lower-cased name, the type and the DO bit, so
 sandboxes with different upstreams never share an entry. Records whose owner is the question name are
-stored with a pointer to the question, so every client gets its own spelling back.
+stored with a pointer to the question, so every client gets its own spelling back. Replies are read by
+offset (`resolver.core.records`); dnspython only reads the few it cannot.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import dns.exception
 import dns.message
-import dns.rdatatype
 import dns.rrset
-from cachetools import LRUCache
 
 from resolver.core import wire as w
 from resolver.core.actions import Forward
+from resolver.core.records import ReplyRecords, RRset, Unsupported, read_reply
+from resolver.core.wire import WireError
 
-CacheKey = tuple[tuple, bytes, int, bool]
+CacheKey = tuple[Hashable, bytes, int, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,22 +98,63 @@ def cache_key(forward: Forward) -> CacheKey:
     return (forward.scope, forward.key, forward.qtype, forward.do)
 
 
-def _soa(message: dns.message.Message) -> dns.rrset.RRset | None:
-    for rrset in message.authority:
-        if rrset.rdtype == dns.rdatatype.SOA and len(rrset) == 1 and rrset.rdclass == w.CLASS_IN:
+def _soa(authority: tuple[RRset, ...]) -> RRset | None:
+    for rrset in authority:
+        if rrset.rtype == w.SOA and len(rrset.rdatas) == 1 and rrset.rclass == w.CLASS_IN:
             return rrset
     return None
 
 
-def _encode(rrsets: list[dns.rrset.RRset], qname: dns.name.Name, max_ttl: int) -> tuple[CachedRecord, ...]:
+def _encode(rrsets: tuple[RRset, ...], qname: bytes, max_ttl: int) -> tuple[CachedRecord, ...]:
     records = []
+    question = qname.lower()
     for rrset in rrsets:
-        owner = w.QUESTION_POINTER if rrset.name == qname else bytes(rrset.name.to_wire() or b"")
-        for rdata in rrset:
-            data = rdata.to_wire()
-            head = owner + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
-            records.append(CachedRecord(head, min(rrset.ttl, max_ttl), struct.pack("!H", len(data)) + data))
+        owner = w.QUESTION_POINTER if rrset.owner.lower() == question else rrset.owner
+        head = owner + struct.pack("!HH", rrset.rtype, rrset.rclass)
+        ttl = min(rrset.ttl, max_ttl)
+        for data in rrset.rdatas:
+            records.append(CachedRecord(head, ttl, struct.pack("!H", len(data)) + data))
     return tuple(records)
+
+
+def _records(reply: bytes) -> ReplyRecords | None:
+    """The reply's records, read by offset; dnspython reads what that cannot (None: malformed)."""
+    try:
+        return read_reply(reply)
+    except WireError:
+        return None
+    except Unsupported:
+        return read_with_dnspython(reply)
+
+
+def read_with_dnspython(reply: bytes) -> ReplyRecords | None:
+    """What `read_reply` gives, through dnspython's full parser (None: malformed or no question)."""
+    try:
+        message = dns.message.from_wire(reply, ignore_trailing=True)
+    except (dns.exception.DNSException, ValueError):
+        return None
+    if not message.question:
+        return None
+    return ReplyRecords(
+        int(message.flags),
+        message.rcode(),
+        message.question[0].name.to_wire() or b"",
+        _rrsets(message.answer),
+        _rrsets(message.authority),
+    )
+
+
+def _rrsets(section: list[dns.rrset.RRset]) -> tuple[RRset, ...]:
+    return tuple(
+        RRset(
+            rrset.name.to_wire() or b"",
+            rrset.rdtype,
+            rrset.rdclass,
+            rrset.ttl,
+            tuple(r.to_wire() for r in rrset),
+        )
+        for rrset in section
+    )
 
 
 def _may_cache(reply: bytes) -> bool:
@@ -129,11 +173,20 @@ def _counted_down(records: tuple[CachedRecord, ...], elapsed: int) -> tuple[byte
     return tuple(r.head + struct.pack("!I", max(0, r.ttl - elapsed)) + r.tail for r in records)
 
 
+LAZY_READ_LIMIT = 1232
+"""Replies up to this size (our advertised UDP payload) are kept as received and read on first use."""
+
+
 class AnswerCache:
+    """Entries by key, least recently used dropped first. A reply is kept as received and read on
+    first lookup (most forwarded answers are never asked for again, so most are never read); one
+    larger than `LAZY_READ_LIMIT` is read at once, so only its answer stays in memory."""
+
     def __init__(self, size: int, max_ttl: int, min_negative_ttl: int = 0) -> None:
         self.max_ttl = max_ttl
         self.min_negative_ttl = min_negative_ttl
-        self._entries: LRUCache[CacheKey, Entry] = LRUCache(maxsize=max(1, size))
+        self.size = max(1, size)
+        self._entries: OrderedDict[CacheKey, Entry | tuple[bytes, float]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -142,15 +195,18 @@ class AnswerCache:
 
     def lookup(self, key: CacheKey, now: float) -> Entry | None:
         """The live entry for `key`, or None."""
-        entry = self._entries.get(key)
-        if entry is not None and entry.expires <= now:
+        kept = self._entries.get(key)
+        entry = self._read(*kept) if isinstance(kept, tuple) else kept
+        if entry is not None and entry.expires > now:
+            if entry is not kept:
+                self._entries[key] = entry
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+        if kept is not None:
             del self._entries[key]
-            entry = None
-        if entry is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return entry
+        self.misses += 1
+        return None
 
     def get(self, forward: Forward, now: float) -> CachedAnswer | None:
         """The answer for `forward` with its TTLs counted down to `now`, or None."""
@@ -158,30 +214,42 @@ class AnswerCache:
         return None if entry is None else entry.answer(now)
 
     def store(self, forward: Forward, reply: bytes, now: float) -> bool:
-        """Cache the answer of an accepted upstream reply; False when it is not cacheable."""
+        """Keep an accepted upstream reply; False when its header or, for a large one, its records show
+        it cannot be cached (a small one that cannot is dropped on first lookup)."""
         if not _may_cache(reply):
             return False
-        try:
-            message = dns.message.from_wire(reply, ignore_trailing=True)
-        except (dns.exception.DNSException, ValueError):
-            return False
-        rcode = message.rcode()
-        if message.flags & w.TC or rcode not in (w.NOERROR, w.NXDOMAIN) or not message.question:
-            return False
-        qname = message.question[0].name
-        authority: list[dns.rrset.RRset] = []
-        if rcode == w.NOERROR and message.answer:
-            lifetime = min(rrset.ttl for rrset in message.answer)
+        if len(reply) <= LAZY_READ_LIMIT:
+            kept: Entry | tuple[bytes, float] = (reply, now)
         else:
-            soa = _soa(message)
-            if soa is None:
+            read = self._read(reply, now)
+            if read is None:
                 return False
-            authority = [soa]
-            lifetime = max(min(soa.ttl, soa[0].minimum), self.min_negative_ttl)
+            kept = read
+        key = cache_key(forward)
+        entries = self._entries
+        entries[key] = kept
+        entries.move_to_end(key)
+        if len(entries) > self.size:
+            entries.popitem(last=False)
+        return True
+
+    def _read(self, reply: bytes, stored: float) -> Entry | None:
+        """The entry for a reply stored at `stored`, or None when it cannot be cached."""
+        read = _records(reply)
+        if read is None or read.flags & w.TC or read.rcode not in (w.NOERROR, w.NXDOMAIN):
+            return None
+        authority: tuple[RRset, ...] = ()
+        if read.rcode == w.NOERROR and read.answer:
+            lifetime = min(rrset.ttl for rrset in read.answer)
+        else:
+            soa = _soa(read.authority)
+            if soa is None:
+                return None
+            authority = (soa,)
+            minimum = struct.unpack_from("!I", soa.rdatas[0], len(soa.rdatas[0]) - 4)[0]
+            lifetime = max(min(soa.ttl, minimum), self.min_negative_ttl)
         lifetime = min(lifetime, self.max_ttl)
         if lifetime <= 0:
-            return False
-        records = _encode(message.answer, qname, self.max_ttl)
-        entry = Entry(rcode, records, _encode(authority, qname, int(lifetime)), now, lifetime)
-        self._entries[cache_key(forward)] = entry
-        return True
+            return None
+        records = _encode(read.answer, read.qname, self.max_ttl)
+        return Entry(read.rcode, records, _encode(authority, read.qname, int(lifetime)), stored, lifetime)

@@ -89,7 +89,7 @@ class View:
     sandbox: str
     table: NameTable
     upstreams: tuple[Upstream, ...]
-    scope: tuple = ()
+    scope: str = ""
     """Identity of the upstream set for caches: servers reached from inside a sandbox are its own."""
     cached: dict = field(default_factory=dict)
     """Cache entries this view already served to plain queries; filled by the core's fast path. It
@@ -316,8 +316,15 @@ class Views:
         if sandbox is not None:
             networks = tuple(dict.fromkeys(net for net, _ in sandbox.endpoints))
         upstreams = sandbox_upstreams(state, netns, host_servers)
-        inside = any(u.from_sandbox for u in upstreams)
-        return View(netns, self.table(state, networks), upstreams, (upstreams, netns if inside else None))
+        return View(netns, self.table(state, networks), upstreams, upstream_scope(upstreams, netns))
+
+
+def upstream_scope(upstreams: tuple[Upstream, ...], netns: str) -> str:
+    """The identity of an upstream set for caches and shared queries: the servers in order, and the
+    sandbox when any is reached from inside it (its 127.0.0.1 is its own). A string, so hashing it on
+    every query costs nothing after the first time."""
+    servers = " ".join(f"{u.address}#{u.port}{'@' if u.from_sandbox else ''}" for u in upstreams)
+    return f"{servers} in {netns}" if any(u.from_sandbox for u in upstreams) else servers
 
 
 def build_view(state: State, netns: str, host_servers: tuple[str, ...] = ()) -> View:

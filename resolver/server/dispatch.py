@@ -1,8 +1,9 @@
 """Per-query driver: runs the pure core on a query, performs its action, counts and logs the outcome.
 
-Rules: a query never raises out of here (an internal error answers SERVFAIL and is logged); forwarded
-queries run as tasks tracked by their site so shutdown can drain them; one debug line per rejected or
-failed query, nothing per successful one.
+Rules: a query never raises out of here (an internal error answers SERVFAIL and is logged); a query
+forwarded over UDP runs on callbacks when the forwarder can start it so (`Forwarder.start_udp`), any
+other forwarded query runs as a task tracked by its site so shutdown can drain it; one debug line per
+rejected or failed query, nothing per successful one.
 """
 
 from __future__ import annotations
@@ -99,6 +100,12 @@ class Dispatcher:
                 started,
             )
         elif isinstance(action, Forward):
+            if transport == "udp" and self.forwarder.start_udp(
+                action,
+                view.sandbox,
+                lambda reply, outcome: self._deliver(action, view, transport, send, started, reply, outcome),
+            ):
+                return None
             # create_task, not ensure_future (that one spends microseconds proving it got a coroutine);
             # get_event_loop: the fuzz targets call the listener with a loop set but not running
             task = asyncio.get_event_loop().create_task(self._forward(action, view, transport, send, started))
@@ -117,26 +124,45 @@ class Dispatcher:
         except Exception:
             log.exception("internal error forwarding a query from %s", view.sandbox)
             reply, outcome = servfail(action), "error"
+        self._deliver(action, view, transport, send, started, reply, outcome)
+
+    def _deliver(
+        self,
+        action: Forward,
+        view: View,
+        transport: Transport,
+        send: Callable[[bytes], None],
+        started: float,
+        reply: bytes,
+        outcome: str,
+    ) -> None:
         try:
             send(reply)
         except OSError as exc:
             log.debug("could not send a reply to %s: %s", view.sandbox, exc)
-        self._done(action.query, view, outcome, "upstream", transport, started)
+        self._done(action.query, view, outcome, "upstream", transport, started, action.qtype)
 
     def _done(
-        self, wire: bytes, view: View, outcome: str, source: str, transport: str, started: float
+        self,
+        wire: bytes,
+        view: View,
+        outcome: str,
+        source: str,
+        transport: str,
+        started: float,
+        qtype: int | None = None,
     ) -> None:
-        self.metrics.count(_qtype(wire), outcome, source, transport)
+        self.metrics.count(_qtype(wire) if qtype is None else qtype, outcome, source, transport)
         self.metrics.observe(self.clock() - started)
         if outcome in FAILED_OUTCOMES and log.isEnabledFor(logging.DEBUG):
-            name, qtype = _question_text(wire)
+            name, type_text = _question_text(wire)
             log.debug(
                 "query %s %s from %s answered %s",
                 name,
-                qtype,
+                type_text,
                 view.sandbox,
                 outcome,
-                extra={"sandbox": view.sandbox, "outcome": outcome, "qname": name, "qtype": qtype},
+                extra={"sandbox": view.sandbox, "outcome": outcome, "qname": name, "qtype": type_text},
             )
 
     def _dropped(self, action: Drop, view: View, transport: str) -> None:

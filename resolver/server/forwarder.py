@@ -13,8 +13,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from resolver.config import Settings
@@ -24,14 +23,17 @@ from resolver.registry.model import Upstream
 from resolver.server.metrics import Metrics
 from resolver.server.upstream import (
     PROBE_QUESTION,
+    UPSTREAM_RECEIVE_SIZE,
     Health,
     ReplyWatch,
     SandboxClosed,
     SocketFactory,
     UpstreamError,
     ask,
+    next_query_id,
     plain_socket,
     probe_query,
+    upstream_error,
 )
 
 log = logging.getLogger("resolver.forward")
@@ -39,8 +41,126 @@ MAX_PROBES = 120
 """After this many failed probes the server is tried by queries again (its sandbox may be gone)."""
 
 
+Deliver = Callable[[bytes, str], None]
+"""Takes the client's reply to a forwarded query and its outcome label."""
+Fetched = tuple[bytes, bytes]
+"""A server's reply and its relayed form."""
+
+
 async def host_socket(upstream: Upstream, kind: int) -> socket.socket:
     return plain_socket(upstream, kind)
+
+
+def client_reply(forward: Forward, reply: bytes | None, relayed: bytes | None) -> tuple[bytes, str]:
+    """What the client gets: the relayed reply, the reply relayed now, or SERVFAIL."""
+    if relayed is None and reply is not None:
+        relayed = fw.relay(reply, forward)
+    if relayed is None:
+        return fw.servfail(forward), "servfail"
+    return relayed, "upstream"
+
+
+class UdpAttempt:
+    """The first server's exchange of a query forwarded over UDP, driven by `ReplyWatch` callbacks
+    instead of a task: send, wait for the matching datagram, and either finish (the server answered)
+    or hand the rest to the forwarder's coroutine path (truncation, an error rcode, a timeout, a socket
+    error). The socket is used once and closed either way; the id is fresh (RFC 5452)."""
+
+    __slots__ = (
+        "candidates",
+        "deadline",
+        "deliver",
+        "fd",
+        "finished",
+        "forward",
+        "forwarder",
+        "key",
+        "pending",
+        "query_id",
+        "sandbox",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        forward: Forward,
+        sandbox: str,
+        candidates: Sequence[Upstream],
+        key: tuple,
+        pending: asyncio.Future[bytes | None],
+        deliver: Deliver,
+        sock: socket.socket,
+    ) -> None:
+        self.forwarder = forwarder
+        self.forward = forward
+        self.sandbox = sandbox
+        self.candidates = candidates
+        self.key = key
+        self.pending = pending
+        self.deliver = deliver
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.finished = False
+        self.deadline = 0.0
+        self.query_id = next_query_id()
+
+    def send(self) -> None:
+        forwarder = self.forwarder
+        upstream = self.candidates[0]
+        forwarder.upstream_queries += 1
+        try:
+            self.sock.connect((upstream.address, upstream.port))
+            self.sock.send(fw.upstream_query(self.forward, self.query_id, self.forward.do))
+        except OSError as exc:
+            self._give_up(upstream_error(exc, upstream, "UDP", forwarder.settings.upstream_timeout), False)
+            return
+        watch = forwarder.watch()
+        self.deadline = watch.loop.time() + forwarder.settings.upstream_timeout
+        watch.wait(self.fd, self, True, self.deadline)
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, _result: None) -> None:
+        """The socket is readable."""
+        try:
+            data = self.sock.recv(UPSTREAM_RECEIVE_SIZE)
+        except BlockingIOError:
+            data = b""
+        except OSError as exc:
+            self._give_up(
+                upstream_error(exc, self.candidates[0], "UDP", self.forwarder.settings.upstream_timeout),
+                False,
+            )
+            return
+        if not fw.matches(data, self.query_id, self.forward.question):
+            self.forwarder.watch().wait(self.fd, self, False, self.deadline)
+            return
+        self._close()
+        forwarder = self.forwarder
+        if fw.verdict(data) is fw.Verdict.TRUNCATED:
+            forwarder.hand_over(self, data, False)
+            return
+        relayed = forwarder.judge(self.forward, self.sandbox, self.candidates[0], data)
+        if relayed is None:
+            forwarder.hand_over(self, None, True)
+        else:
+            forwarder.answered(self, data, relayed)
+
+    def set_exception(self, exception: BaseException) -> None:
+        """The deadline passed."""
+        timeout = self.forwarder.settings.upstream_timeout
+        self._give_up(upstream_error(TimeoutError(), self.candidates[0], "UDP", timeout), False)
+
+    def _give_up(self, error: UpstreamError, skip_first: bool) -> None:
+        self._close()
+        self.forwarder.hand_over(self, error, skip_first)
+
+    def _close(self) -> None:
+        self.finished = True
+        self.forwarder.watch().forget(self.fd)
+        self.sock.close()
 
 
 class Forwarder:
@@ -50,15 +170,19 @@ class Forwarder:
         metrics: Metrics,
         sandbox_sockets: Callable[[str], SocketFactory],
         cache: Any = None,
+        take_socket: Callable[[str, Upstream], socket.socket | None] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.sandbox_sockets = sandbox_sockets
+        self.take_socket = take_socket
+        """A ready socket made in a sandbox, or None (the callback path then steps aside)."""
+        self._resumed: set[asyncio.Task[None]] = set()
         self.cache = cache
         self.health = Health()
         self._probes: set[asyncio.Future] = set()
         self.total = 0
-        self.per_sandbox: Counter[str] = Counter()
+        self.per_sandbox: dict[str, int] = {}
         self.upstream_queries = 0
         self._inflight: dict[tuple, asyncio.Future[bytes | None]] = {}
         self._watch: ReplyWatch | None = None
@@ -69,6 +193,8 @@ class Forwarder:
     def close(self) -> None:
         for probe in self._probes:
             probe.cancel()
+        for task in self._resumed:
+            task.cancel()
         if self._watch is not None:
             self._watch.close()
             self._watch = None
@@ -86,9 +212,52 @@ class Forwarder:
     def over_limit(self, sandbox: str) -> str | None:
         if self.total >= self.settings.limits_inflight_total:
             return "total"
-        if self.per_sandbox[sandbox] >= self.settings.limits_inflight_per_sandbox:
+        if self.per_sandbox.get(sandbox, 0) >= self.settings.limits_inflight_per_sandbox:
             return "sandbox"
         return None
+
+    def _enter(self, sandbox: str) -> None:
+        self.total += 1
+        self.per_sandbox[sandbox] = self.per_sandbox.get(sandbox, 0) + 1
+
+    def _leave(self, sandbox: str) -> None:
+        self.total -= 1
+        left = self.per_sandbox[sandbox] - 1
+        if left:
+            self.per_sandbox[sandbox] = left
+        else:
+            del self.per_sandbox[sandbox]
+
+    def inflight(self, sandbox: str) -> int:
+        """Forwarded queries of `sandbox` not yet answered."""
+        return self.per_sandbox.get(sandbox, 0)
+
+    def _candidates(self, forward: Forward, sandbox: str) -> Sequence[Upstream]:
+        return self.health.order(forward.upstreams, sandbox)[: max(1, self.settings.upstream_max_attempts)]
+
+    def start_udp(self, forward: Forward, sandbox: str, deliver: Deliver) -> bool:
+        """Forward a query that came over UDP on callbacks, without a task, when nothing stands in the
+        way: no limit reached, no identical question in flight, a socket ready. `deliver(reply,
+        outcome)` gets the client's reply. False: nothing was started, take `resolve`."""
+        if self.over_limit(sandbox) is not None:
+            return False
+        key = (forward.scope, forward.key, forward.qtype, forward.do, False)
+        if key in self._inflight:
+            return False
+        candidates = self._candidates(forward, sandbox)
+        upstream = candidates[0]
+        if upstream.from_sandbox:
+            sock = self.take_socket(sandbox, upstream) if self.take_socket is not None else None
+            if sock is None:
+                return False
+        else:
+            sock = plain_socket(upstream, socket.SOCK_DGRAM)
+        self._enter(sandbox)
+        pending = self._inflight[key] = (
+            self.watch().loop.create_future()
+        )  # no getpid, as get_running_loop does
+        UdpAttempt(self, forward, sandbox, candidates, key, pending, deliver, sock).send()
+        return True
 
     async def resolve(self, forward: Forward, sandbox: str, tcp: bool) -> tuple[bytes, str]:
         """The client's reply to a forwarded query and where it came from."""
@@ -96,46 +265,70 @@ class Forwarder:
         if limit is not None:
             self.metrics.overload[limit] += 1
             return fw.servfail(forward), "overload"
-        self.total += 1
-        self.per_sandbox[sandbox] += 1
+        self._enter(sandbox)
         try:
-            reply, relayed = await self._shared(forward, sandbox, forward.do, tcp)
-            if relayed is None and reply is not None:
-                relayed = fw.relay(reply, forward)
-            if relayed is None:
-                return fw.servfail(forward), "servfail"
-            return relayed, "upstream"
+            key = (forward.scope, forward.key, forward.qtype, forward.do, tcp)
+            pending = self._inflight.get(key)
+            if pending is not None:  # an identical question is in flight: share its answer
+                return client_reply(forward, await asyncio.shield(pending), None)
+            pending = self._inflight[key] = asyncio.get_running_loop().create_future()
+            fetched = None
+            try:
+                fetched = await self._fetch(forward, sandbox, tcp, self._candidates(forward, sandbox))
+            finally:
+                self._release(key, pending, fetched)
+            return client_reply(forward, *(fetched or (None, None)))
         finally:
-            self.total -= 1
-            self.per_sandbox[sandbox] -= 1
-            if not self.per_sandbox[sandbox]:
-                del self.per_sandbox[sandbox]
+            self._leave(sandbox)
 
-    async def _shared(
-        self, forward: Forward, sandbox: str, do: bool, tcp: bool
-    ) -> tuple[bytes | None, bytes | None]:
-        """Identical questions in flight share one upstream exchange: the first asker runs it, the
-        others wait for its result. Returns the upstream reply and, for the first asker, the reply
-        already relayed to it."""
-        key = (forward.scope, forward.key, forward.qtype, do, tcp)
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending), None
-        pending = self._inflight[key] = asyncio.get_running_loop().create_future()
+    def _release(self, key: tuple, pending: asyncio.Future[bytes | None], fetched: Fetched | None) -> None:
+        """The leader of `key` is done: later askers start their own exchange, waiters get the reply."""
+        del self._inflight[key]
+        pending.set_result(None if fetched is None else fetched[0])
+
+    async def resume(
+        self, attempt: UdpAttempt, first: bytes | UpstreamError | None, skip_first: bool
+    ) -> None:
+        """Finish what a callback attempt could not: a truncated reply, a failed first server."""
         fetched = None
+        failed: tuple[bytes, str] | None = None
+        candidates = attempt.candidates[1:] if skip_first else attempt.candidates
         try:
-            fetched = await self._fetch(forward, sandbox, do, tcp)
+            fetched = await self._fetch(attempt.forward, attempt.sandbox, False, candidates, first)
+        except Exception:
+            log.exception("internal error forwarding a query from %s", attempt.sandbox)
+            failed = (fw.servfail(attempt.forward), "error")
         finally:
-            del self._inflight[key]
-            pending.set_result(None if fetched is None else fetched[0])
-        return (None, None) if fetched is None else fetched
+            self._release(attempt.key, attempt.pending, fetched)
+            self._leave(attempt.sandbox)
+        attempt.deliver(*(failed or client_reply(attempt.forward, *(fetched or (None, None)))))
 
-    async def _fetch(self, forward: Forward, sandbox: str, do: bool, tcp: bool) -> tuple[bytes, bytes] | None:
-        candidates = self.health.order(forward.upstreams, sandbox)[
-            : max(1, self.settings.upstream_max_attempts)
-        ]
-        for upstream in candidates:
-            answered = await self._attempt(forward, sandbox, upstream, do, tcp)
+    def answered(self, attempt: UdpAttempt, reply: bytes, relayed: bytes) -> None:
+        """A callback attempt's first server answered: cache, release waiters, reply."""
+        if self.cache is not None:
+            self.cache.store(attempt.forward, reply, time.time())
+        self._release(attempt.key, attempt.pending, (reply, relayed))
+        self._leave(attempt.sandbox)
+        attempt.deliver(relayed, "upstream")
+
+    def hand_over(self, attempt: UdpAttempt, first: bytes | UpstreamError | None, skip_first: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self.resume(attempt, first, skip_first))
+        self._resumed.add(task)
+        task.add_done_callback(self._resumed.discard)
+
+    async def _fetch(
+        self,
+        forward: Forward,
+        sandbox: str,
+        tcp: bool,
+        candidates: Sequence[Upstream],
+        first: bytes | UpstreamError | None = None,
+    ) -> Fetched | None:
+        """Try `candidates` in order; `first` is what the first one already gave (a reply or an error)."""
+        for index, upstream in enumerate(candidates):
+            answered = await self._attempt(
+                forward, sandbox, upstream, forward.do, tcp, None if index else first
+            )
             if answered is not None:
                 if self.cache is not None:
                     self.cache.store(forward, answered[0], time.time())
@@ -143,8 +336,14 @@ class Forwarder:
         return None
 
     async def _attempt(
-        self, forward: Forward, sandbox: str, upstream: Upstream, do: bool, tcp: bool
-    ) -> tuple[bytes, bytes] | None:
+        self,
+        forward: Forward,
+        sandbox: str,
+        upstream: Upstream,
+        do: bool,
+        tcp: bool,
+        first: bytes | UpstreamError | None = None,
+    ) -> Fetched | None:
         """The reply of one server and its relayed form, or None when the server failed."""
         make_socket = self.sandbox_sockets(sandbox) if upstream.from_sandbox else host_socket
 
@@ -161,17 +360,22 @@ class Forwarder:
             )
 
         try:
-            reply = await exchange(tcp)
+            if isinstance(first, UpstreamError):
+                raise first
+            reply = first if first is not None else await exchange(tcp)
             if fw.verdict(reply) is fw.Verdict.TRUNCATED and not tcp:
                 reply = await exchange(True)
         except UpstreamError as exc:
-            self._failed(upstream, exc.reason, str(exc))
-            if exc.reason == "timeout" and self.health.failed(upstream, sandbox):
-                self._start_probe(upstream, sandbox, make_socket)
+            self.failed_exchange(upstream, sandbox, exc, make_socket)
             return None
         except Exception as exc:  # a socket the namespace worker could not make, and the like
             self._failed(upstream, "error", repr(exc))
             return None
+        relayed = self.judge(forward, sandbox, upstream, reply)
+        return None if relayed is None else (reply, relayed)
+
+    def judge(self, forward: Forward, sandbox: str, upstream: Upstream, reply: bytes) -> bytes | None:
+        """The client's form of a server's (not truncated) reply, or None when the server failed."""
         if fw.verdict(reply) is fw.Verdict.TRY_NEXT:
             self._failed(upstream, f"rcode-{reply[3] & 0x0F}", "answered with an error rcode")
             return None
@@ -180,7 +384,16 @@ class Forwarder:
             self._failed(upstream, "malformed", "sent a reply that cannot be relayed")
             return None
         self.health.succeeded(upstream, sandbox)
-        return reply, relayed
+        return relayed
+
+    def failed_exchange(
+        self, upstream: Upstream, sandbox: str, exc: UpstreamError, make_socket: SocketFactory | None = None
+    ) -> None:
+        self._failed(upstream, exc.reason, str(exc))
+        if exc.reason == "timeout" and self.health.failed(upstream, sandbox):
+            if make_socket is None:
+                make_socket = self.sandbox_sockets(sandbox) if upstream.from_sandbox else host_socket
+            self._start_probe(upstream, sandbox, make_socket)
 
     def _start_probe(self, upstream: Upstream, sandbox: str, make_socket: SocketFactory) -> None:
         log.warning("upstream %s timed out; skipping it until it answers a probe", upstream.address)

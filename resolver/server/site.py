@@ -21,6 +21,8 @@ from resolver.server.dispatch import Dispatcher
 from resolver.server.listeners import UdpListener, serve_tcp
 from resolver.server.metrics import FastCounts
 
+DRAIN_POLL = 0.01
+
 
 @dataclass(eq=False)
 class Site:
@@ -59,10 +61,15 @@ class Site:
         )
 
     async def close(self, drain_timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
         if self.tcp_server is not None:
             self.tcp_server.close()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=drain_timeout)
+        forwarder = self.dispatcher.forwarder
+        while forwarder.inflight(self.sandbox) and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)  # forwarded queries on callbacks have no task to wait for
         if self.udp_transport is not None:
             self.udp_transport.close()
         if self.tcp_server is not None:

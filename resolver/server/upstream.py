@@ -12,18 +12,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import functools
 import ipaddress
+import itertools
+import os
 import secrets
 import select
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Protocol
 
 from resolver.core import forward as fw
 from resolver.registry.model import Upstream
 
 SocketFactory = Callable[[Upstream, int], Awaitable[socket.socket]]
+UPSTREAM_RECEIVE_SIZE = 65535
 PoolKey = tuple[str, socket.AddressFamily, int]
 
 
@@ -56,6 +61,8 @@ class QueryIds:
 
 
 _query_ids = QueryIds()
+next_query_id: Callable[[], int] = _query_ids.next
+"""A fresh unpredictable query id (RFC 5452)."""
 
 
 def plain_socket(upstream: Upstream, kind: int) -> socket.socket:
@@ -69,8 +76,30 @@ def _new_socket(family: socket.AddressFamily, kind: int) -> socket.socket:
     return sock
 
 
+_libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
+_c_socket = _libc_holding_gil.socket
+_c_socket.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
+_c_socket.restype = ctypes.c_int
+
+
 def _new_sockets(family: socket.AddressFamily, kind: int, count: int) -> list[socket.socket]:
-    return [_new_socket(family, kind) for _ in range(count)]
+    """`count` non-blocking sockets, made without letting go of the GIL: the namespace worker runs this
+    while the loop thread serves queries on the same CPU, and `socket.socket` releases the GIL around
+    each of its two system calls, so every socket of a batch cost two thread switches (a futex storm
+    of about five per forwarded query). libc's socket() through ctypes.PyDLL keeps the GIL, and
+    SOCK_NONBLOCK saves the ioctl; wrapping the descriptor with its family and type given makes no
+    system call."""
+    flags = kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    made: list[socket.socket] = []
+    for _ in range(count):
+        fd = _c_socket(family, flags, 0)
+        if fd < 0:
+            err = ctypes.get_errno()
+            for sock in made:
+                sock.close()
+            raise OSError(err, os.strerror(err))
+        made.append(socket.socket(family, kind | socket.SOCK_NONBLOCK, 0, fileno=fd))
+    return made
 
 
 class SandboxClosed(OSError):
@@ -82,14 +111,20 @@ class SocketPool:
     worker serves many upstream queries. Each socket is used for one query and closed: the kernel
     still picks a new random source port at connect time. One refill per (sandbox, family, kind) runs
     at a time and starts when half the batch is used, so queries rarely wait for the worker and a
-    burst never sends one trip per waiting query. Sockets are made only for sandboxes between `open`
-    and `drop`: `drop` closes a sandbox's spare sockets (they would keep its namespace alive), sockets
-    of a refill that finishes after the drop are closed too, and a query or probe still running for
-    the sandbox afterwards gets SandboxClosed instead of a socket."""
+    burst never sends one trip per waiting query. A sandbox whose queries found the pool empty gets
+    twice the batch next time (up to `max_batch`), so a busy sandbox is not held to a quiet one's
+    batch and a quiet one does not hold a busy one's descriptors. Sockets are made only for sandboxes
+    between `open` and `drop`: `drop` closes a sandbox's spare sockets (they would keep its namespace
+    alive), sockets of a refill that finishes after the drop are closed too, and a query or probe still
+    running for the sandbox afterwards gets SandboxClosed instead of a socket."""
 
-    def __init__(self, run_in: Callable[..., Awaitable[list[socket.socket]]], batch: int = 64) -> None:
+    def __init__(
+        self, run_in: Callable[..., Awaitable[list[socket.socket]]], batch: int = 64, max_batch: int = 1024
+    ) -> None:
         self.run_in = run_in
         self.batch = batch
+        self.max_batch = max_batch
+        self._batch: dict[PoolKey, int] = {}
         self._spare: dict[PoolKey, list[socket.socket]] = {}
         self._refills: dict[PoolKey, asyncio.Future[None]] = {}
         self._stale: set[PoolKey] = set()
@@ -109,16 +144,36 @@ class SocketPool:
             self._factories[sandbox] = make
         return make
 
+    def take_nowait(self, sandbox: str, upstream: Upstream) -> socket.socket | None:
+        """A fresh UDP socket for `upstream` made in `sandbox`, or None when none is ready (a refill is
+        then under way for the next query, as long as the sandbox is served)."""
+        key = (sandbox, _family(upstream.address), socket.SOCK_DGRAM)
+        spare = self._spare.get(key)
+        if spare:
+            if len(spare) <= self._batch.get(key, self.batch) // 2:
+                self._refill(key)
+            return spare.pop()
+        if sandbox in self._open:
+            self._starved(key)
+            self._refill(key)
+        return None
+
     async def _take(self, key: PoolKey) -> socket.socket:
         while True:
             spare = self._spare.get(key)
             if spare:
-                if len(spare) <= self.batch // 2:
+                if len(spare) <= self._batch.get(key, self.batch) // 2:
                     self._refill(key)
                 return spare.pop()
             if key[0] not in self._open:
                 raise SandboxClosed(f"sandbox {key[0]} is no longer served")
+            self._starved(key)
             await asyncio.shield(self._refill(key))
+
+    def _starved(self, key: PoolKey) -> None:
+        """A query found no socket: the next refill of `key` makes twice as many (once per refill)."""
+        if key not in self._refills:
+            self._batch[key] = min(self.max_batch, 2 * self._batch.get(key, self.batch // 2))
 
     def _refill(self, key: PoolKey) -> asyncio.Future[None]:
         pending = self._refills.get(key)
@@ -130,7 +185,7 @@ class SocketPool:
     async def _make(self, key: PoolKey) -> None:
         sandbox, family, kind = key
         try:
-            made = await self.run_in(sandbox, _new_sockets, family, kind, self.batch)
+            made = await self.run_in(sandbox, _new_sockets, family, kind, self._batch.get(key, self.batch))
         finally:
             del self._refills[key]
             stale = key in self._stale or sandbox not in self._open
@@ -145,6 +200,8 @@ class SocketPool:
         self._open.discard(sandbox)
         self._stale.update(k for k in self._refills if k[0] == sandbox)
         self._factories.pop(sandbox, None)
+        for key in [k for k in self._batch if k[0] == sandbox]:
+            del self._batch[key]
         for key in [k for k in self._spare if k[0] == sandbox]:
             for sock in self._spare.pop(key):
                 sock.close()
@@ -190,7 +247,8 @@ class Health:
         return True
 
     def succeeded(self, upstream: Upstream, sandbox: str) -> None:
-        self._down.discard(server_key(upstream, sandbox))
+        if self._down:
+            self._down.discard(server_key(upstream, sandbox))
 
     def is_down(self, upstream: Upstream, sandbox: str) -> bool:
         return server_key(upstream, sandbox) in self._down
@@ -211,18 +269,37 @@ def probe_query(query_id: int) -> bytes:
     return struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + PROBE_QUESTION
 
 
+class Waiter(Protocol):
+    """What `ReplyWatch` wakes: an asyncio future, or an object driven by callbacks with the same three
+    methods (`set_exception` gets TimeoutError at the deadline)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: None, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 class ReplyWatch:
     """Waits for replies on upstream UDP sockets through one epoll instance that the loop watches, so
     an exchange costs one epoll registration instead of a loop reader (a poll handle, an ioctl and
     two epoll_ctl calls) plus a timer. Registrations are one-shot and vanish when the socket closes.
-    Deadlines are kept in arrival order and checked by one timer at the oldest: a deadline shortened
-    by a reconfiguration can fire late, by at most the old timeout."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    A socket's deadline is set by its first `wait` and kept through re-arms until `forget` (or until it
+    passes). Deadlines are kept in arrival order as (deadline, fd, token) and checked by one timer that
+    runs at most every `tick` seconds: a deadline fires up to `tick` late, and one shortened by a
+    reconfiguration can fire late by at most the old timeout. The queue holds no reference to a waiter,
+    so an exchange that got its reply is freed at once instead of living on until its deadline."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.05) -> None:
         self.loop = loop
+        self.tick = tick
         self._epoll = select.epoll()
-        self._waiting: dict[int, asyncio.Future[None]] = {}
-        self._deadlines: collections.deque[tuple[float, asyncio.Future[None]]] = collections.deque()
+        self._waiting: dict[int, Waiter] = {}
+        self._armed: dict[int, int] = {}
+        """fd -> token of its pending deadline."""
+        self._deadlines: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._tokens = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         loop.add_reader(self._epoll.fileno(), self._ready)
 
@@ -235,35 +312,51 @@ class ReplyWatch:
     def readable(self, fd: int, first: bool, deadline: float) -> asyncio.Future[None]:
         """A future done when `fd` is readable, or failing with TimeoutError at `deadline`."""
         future = self.loop.create_future()
+        self.wait(fd, future, first, deadline)
+        return future
+
+    def wait(self, fd: int, waiter: Waiter, first: bool, deadline: float) -> None:
+        """Call `waiter.set_result(None)` when `fd` is readable, or `waiter.set_exception` with a
+        TimeoutError at `deadline`, unless `waiter.done()` by then. `first`: `fd` is not registered yet
+        (a re-arm after a datagram that did not match passes False, and keeps the first deadline)."""
         if first:
             self._epoll.register(fd, _ONE_SHOT_IN)
         else:
             self._epoll.modify(fd, _ONE_SHOT_IN)
-        self._deadlines.append((deadline, future))
-        if self._timer is None:  # also for a re-arm whose deadline the timer already passed
-            self._timer = self.loop.call_at(deadline, self._expire)
-        self._waiting[fd] = future
-        return future
+        self._waiting[fd] = waiter
+        if fd not in self._armed:
+            token = self._armed[fd] = next(self._tokens)
+            self._deadlines.append((deadline, fd, token))
+            if self._timer is None:  # also for a re-arm whose deadline the timer already passed
+                self._timer = self.loop.call_at(deadline, self._expire)
 
     def forget(self, fd: int) -> None:
         """Call before the socket closes (its number can be reused at once)."""
         self._waiting.pop(fd, None)
+        self._armed.pop(fd, None)
 
     def _ready(self) -> None:
         waiting = self._waiting
         for fd, _events in self._epoll.poll(0):
-            future = waiting.pop(fd, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            waiter = waiting.pop(fd, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _expire(self) -> None:
         now = self.loop.time()
         deadlines = self._deadlines
+        armed = self._armed
         while deadlines and deadlines[0][0] <= now:
-            future = deadlines.popleft()[1]
-            if not future.done():
-                future.set_exception(TimeoutError())
-        self._timer = self.loop.call_at(deadlines[0][0], self._expire) if deadlines else None
+            _deadline, fd, token = deadlines.popleft()
+            if armed.get(fd) != token:
+                continue  # forgotten, or the number now belongs to a later socket
+            del armed[fd]
+            waiter = self._waiting.pop(fd, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(TimeoutError())
+        self._timer = (
+            self.loop.call_at(max(deadlines[0][0], now + self.tick), self._expire) if deadlines else None
+        )
 
 
 _ONE_SHOT_IN = select.EPOLLIN | select.EPOLLONESHOT
@@ -294,7 +387,7 @@ async def exchange_udp(
                 await watch.readable(fd, first, deadline)
                 first = False
                 try:
-                    data = sock.recv(65535)
+                    data = sock.recv(UPSTREAM_RECEIVE_SIZE)
                 except BlockingIOError:
                     continue
                 if fw.matches(data, query_id, question):
@@ -324,14 +417,19 @@ def _as_upstream_error(upstream: Upstream, transport: str, timeout: float) -> It
     """Socket failures of one exchange, as an UpstreamError with a metrics reason."""
     try:
         yield
-    except TimeoutError:
-        raise UpstreamError(
+    except OSError as exc:  # TimeoutError is one
+        raise upstream_error(exc, upstream, transport, timeout) from None
+
+
+def upstream_error(exc: OSError, upstream: Upstream, transport: str, timeout: float) -> UpstreamError:
+    """The UpstreamError (with its metrics reason) for a socket failure of one exchange."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(
             "timeout", f"{upstream.address} gave no matching {transport} answer in {timeout} s"
-        ) from None
-    except ConnectionRefusedError:
-        raise UpstreamError("refused", f"{upstream.address}:{upstream.port} refused {transport}") from None
-    except OSError as exc:
-        raise UpstreamError("network", f"{upstream.address}: {exc.strerror or exc}") from None
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return UpstreamError("refused", f"{upstream.address}:{upstream.port} refused {transport}")
+    return UpstreamError("network", f"{upstream.address}: {exc.strerror or exc}")
 
 
 async def exchange_tcp(
