@@ -195,3 +195,30 @@ def test_cached_fast_path_answers_what_the_general_path_would(
         assert parsed.id == query_id and parsed.question[0].name.to_text() == spelling
         assert parsed.rcode() == rcode and bool(parsed.flags & dns.flags.RD) == rd
     assert core.fast_cached_reply(first, view, 100.0 + 61 if soa else 100.0 + 301) is None  # type: ignore[arg-type]
+
+
+def test_exact_cached_spelling_answers_what_the_general_path_would_until_the_ttls_change() -> None:
+    from resolver.core import answer as core
+
+    view = _sandbox_view()
+    cache = AnswerCache(size=10, max_ttl=3600)
+    name = "www.Example."
+    first = dns.message.make_query(name, "A", use_edns=False).to_wire()
+    action = core.respond(first, view, cache, 100.0)  # type: ignore[arg-type]
+    assert isinstance(action, Forward)
+    assert cache.store(action, upstream_reply(name, answer="300 192.0.2.1"), now=100.0)
+    core.respond(first, view, cache, 100.5)  # type: ignore[arg-type]  # the general path serves it once
+    assert core.exact_cached_reply(first, view, 100.6) is None, "nothing answered by exact spelling yet"
+    assert core.fast_cached_reply(first, view, 100.6) is not None  # type: ignore[arg-type]
+    other_id = b"\xbe\xef" + first[2:]
+    for now in (100.6, 100.99):
+        exact = core.exact_cached_reply(other_id, view, now)  # type: ignore[arg-type]
+        general = core._general(other_id, view, cache, now, "udp")  # type: ignore[arg-type]
+        assert exact is not None and exact == general.wire  # type: ignore[union-attr]
+        assert dns.message.from_wire(exact).answer[0].ttl == 300
+    assert core.exact_cached_reply(other_id, view, 101.0) is None, "the TTL counted down: not the same bytes"
+    upper = first[:12] + first[12:].upper()
+    assert core.exact_cached_reply(upper, view, 100.7) is None, "another spelling is another key"
+    assert core.fast_cached_reply(first, view, 101.2) is not None  # type: ignore[arg-type]
+    later = core.exact_cached_reply(other_id, view, 101.5)  # type: ignore[arg-type]
+    assert later is not None and dns.message.from_wire(later).answer[0].ttl == 299

@@ -74,7 +74,8 @@ def fast_reply(wire: bytes, table: NameTable) -> bytes | None:
 
 
 def fast_cached_reply(wire: bytes, view: View, now: float) -> bytes | None:
-    """Answer a plain query from a cache entry the general path already served to this view."""
+    """Answer a plain query from a cache entry the general path already served to this view, and
+    remember the reply for this exact spelling until its TTLs next change (see `exact_cached_reply`)."""
     if not _plain(wire):
         return None
     key = wire[12:-2].lower()
@@ -84,7 +85,22 @@ def fast_cached_reply(wire: bytes, view: View, now: float) -> bytes | None:
     if entry.expires <= now:
         del view.cached[key]
         return None
-    return entry.plain_reply(wire, now)
+    reply = entry.plain_reply(wire, now)
+    exact = view.cached_exact
+    if len(exact) >= FAST_CACHE_LIMIT:
+        exact.clear()
+    exact[wire[2:]] = (min(entry.stored + int(now - entry.stored) + 1, entry.expires), reply[2:])
+    return reply
+
+
+def exact_cached_reply(wire: bytes, view: View, now: float) -> bytes | None:
+    """The reply to a query spelt exactly like one `fast_cached_reply` answered (flags, counts and
+    question, letter case included) while the TTLs it carries are still the ones to send: one slice,
+    one lookup and one concatenation, as for a local exact spelling."""
+    hit = view.cached_exact.get(wire[2:])
+    if hit is None or now >= hit[0]:
+        return None
+    return wire[:2] + hit[1]
 
 
 def _remember_cached(view: View, question: w.Question, entry: Entry) -> None:

@@ -94,6 +94,8 @@ class View:
     cached: dict = field(default_factory=dict)
     """Cache entries this view already served to plain queries; filled by the core's fast path. It
     dies with the view, so a name that became local is never answered from here."""
+    cached_exact: dict = field(default_factory=dict)
+    """Replies from `cached` by exact query spelling, each until its TTLs change; same life."""
 
 
 # ---- building one network's table ---------------------------------------------------------------------

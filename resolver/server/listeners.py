@@ -1,13 +1,12 @@
-"""UDP and TCP serving of one sandbox's sockets.
-
-UDP: the fast path runs inline in `datagram_received` (prepared answers need no task): a query spelt
-exactly like one answered before costs one dictionary lookup and one concatenation; everything else
-goes through the dispatcher. TCP (RFC 7766): 2-byte length framing read exactly, several queries per
-connection answered concurrently and out of order (bounded per connection), an idle timeout, a cap on
-connections per sandbox (a connection over it is closed at once); a short or broken frame closes the
-connection. A client that does not read its replies is not read from either, and is closed when it has
-not taken them within the idle timeout, so unread replies cannot pile up in memory. TC is never set over
-TCP.
+"""UDP and TCP serving of one sandbox's sockets. UDP: the fast path runs inline in `datagram_received`
+(prepared answers need no task): a query spelt exactly like one answered before, from the name table or
+from the cache while its TTLs hold (the same as `resolver.core.answer.exact_cached_reply`), costs one
+dictionary lookup and one concatenation; everything else goes through the dispatcher. TCP (RFC 7766):
+2-byte length framing read exactly, several queries per connection answered concurrently and out of order
+(bounded per connection), an idle timeout, a cap on connections per sandbox (a connection over it is
+closed at once); a short or broken frame closes the connection. A client that does not read its replies
+is not read from either, and is closed when it has not taken them within the idle timeout, so unread
+replies cannot pile up in memory. TC is never set over TCP.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("resolver.listen")
 UDP_RECEIVE_SIZE = 65535
+_now = time.time
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -44,10 +44,17 @@ class UdpListener(asyncio.DatagramProtocol):
             transport.max_size = UDP_RECEIVE_SIZE  # type: ignore[attr-defined]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        exact = self.site.view.table.exact.get(data[2:])
+        view = self.site.view
+        spelling = data[2:]
+        exact = view.table.exact.get(spelling)
         if exact is not None:
             self.local_counts[exact.slot] += 1
             self.transport.sendto(data[:2] + exact.tail, addr)  # type: ignore[union-attr]
+            return
+        cached = view.cached_exact.get(spelling)
+        if cached is not None and _now() < cached[0]:
+            self.counts.cached[data[-4:-2]] += 1
+            self.transport.sendto(data[:2] + cached[1], addr)  # type: ignore[union-attr]
             return
         self._not_exact(data, addr)
 
