@@ -10,7 +10,17 @@ Servers (each answers the query with QR set, so dnsperf counts a reply):
   daemon     this project, local answers (the query mix of `python -m benchmarks -s local`)
   dnsmasq    dnsmasq 2.90 answering from a hosts file
 
+Forwarding floors (every query a new name, relayed to a dnsmasq upstream on 127.0.0.61 in the same
+namespace, pinned to the server core like the forwarders of `python -m benchmarks -s fwd-miss`):
+  fwd-fresh    the least a Python forwarder on uvloop can do with a fresh socket per upstream query
+               (socket, connect, send, one-shot epoll, recv, close, reply), no checks at all
+  fwd-shared   the same with one shared upstream socket and the client's id: NOT safe (RFC 5452), the
+               floor of a forwarder that gives up per-query ports
+  fwd-daemon   this project, forwarding (cache on, every name new)
+  fwd-dnsmasq  dnsmasq 2.90 with cache-size=0
+
 Run as root:  .venv/bin/python -m benchmarks.floor_bench [--seconds 8] [servers...]
+   forwarding: .venv/bin/python -m benchmarks.floor_bench fwd-fresh fwd-shared fwd-daemon fwd-dnsmasq
 """
 
 from __future__ import annotations
@@ -24,8 +34,15 @@ from pathlib import Path
 
 from benchmarks import dataset, load
 from benchmarks.lab import SERVER_CPU, Lab
-from benchmarks.scenarios import local_daemon
-from benchmarks.servers import Server, dnsmasq_local, wait_answering
+from benchmarks.scenarios import RESOLVER, local_daemon
+from benchmarks.servers import (
+    Daemon,
+    Server,
+    dnsmasq_forwarder,
+    dnsmasq_local,
+    upstream,
+    wait_answering,
+)
 
 PYTHON = sys.executable
 ECHO_ADDRESS = "127.0.0.13"
@@ -68,7 +85,54 @@ async def main():
     await asyncio.Event().wait()
 uvloop.run(main())
 """,
+    "fwd-fresh": """
+import asyncio, select, socket, uvloop
+UP = ("127.0.0.61", 53)
+class P(asyncio.DatagramProtocol):
+    def __init__(self, loop):
+        self.ep = select.epoll(); self.waiting = {}
+        loop.add_reader(self.ep.fileno(), self.ready)
+    def connection_made(self, t): self.t = t
+    def datagram_received(self, d, a):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        s.connect(UP); s.send(d)
+        self.ep.register(s.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
+        self.waiting[s.fileno()] = (s, a)
+    def ready(self):
+        for fd, _ in self.ep.poll(0):
+            s, a = self.waiting.pop(fd)
+            d = s.recv(4096); s.close()
+            self.t.sendto(d, a)
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(lambda: P(loop), local_addr=("127.0.0.13", 53))
+    await asyncio.Event().wait()
+uvloop.run(main())
+""",
+    "fwd-shared": """
+import asyncio, socket, uvloop
+UP = ("127.0.0.61", 53)
+class Up(asyncio.DatagramProtocol):
+    def __init__(self, clients): self.clients = clients
+    def datagram_received(self, d, a):
+        client = self.clients.pop(d[:2] + d[12:], None)
+        if client: client[0].sendto(d, client[1])
+class P(asyncio.DatagramProtocol):
+    def __init__(self, up, clients): self.up, self.clients = up, clients
+    def connection_made(self, t): self.t = t
+    def datagram_received(self, d, a):
+        self.clients[d[:2] + d[12:]] = (self.t, a)
+        self.up.sendto(d)
+async def main():
+    loop = asyncio.get_running_loop()
+    clients = {}
+    up, _ = await loop.create_datagram_endpoint(lambda: Up(clients), remote_addr=UP)
+    await loop.create_datagram_endpoint(lambda: P(up, clients), local_addr=("127.0.0.13", 53))
+    await asyncio.Event().wait()
+uvloop.run(main())
+""",
 }
+FORWARDING = {"fwd-fresh", "fwd-shared", "fwd-daemon", "fwd-dnsmasq"}
 
 
 def task_times(pid: int) -> tuple[float, float, float]:
@@ -110,10 +174,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, Lab(Path(tmp)) as lab:
         netns = lab.add_namespaces(1)[0]
         eps = dataset.endpoints(args.names)
-        queries = dataset.local_queries(lab.workdir / "local.txt", eps)
-        for name in args.servers:
+        local_queries = dataset.local_queries(lab.workdir / "local.txt", eps)
+        for run, name in enumerate(args.servers):
             with lab.scope():
-                if name in ECHO:
+                queries = local_queries
+                if name in FORWARDING:
+                    upstream(lab, netns, dataset.hosts_file(lab.workdir / "hosts-up", eps, dataset.HIT_ZONE))
+                    lines = int(args.seconds * 60_000)
+                    queries = dataset.miss_queries(lab.workdir / f"miss-{run}.txt", lines, 500 + run)
+                if name == "fwd-daemon":
+                    daemon = Daemon(lab, "floor-fwd")
+                    daemon.network("fwd", domain=dataset.DOMAIN)
+                    daemon.join("fwd", netns, eps[0], dns=[dataset.UPSTREAM])
+                    ready = daemon.server(RESOLVER, netns)
+                    server = wait_answering(lab, ready, f"host0.{dataset.HIT_ZONE}", daemon.log)
+                    server.label = name
+                elif name == "fwd-dnsmasq":
+                    server = dnsmasq_forwarder(lab, netns, cache=False)
+                    server.label = name
+                elif name in ECHO:
                     proc = lab.spawn([PYTHON, "-c", ECHO[name]], f"{name}.log", netns, cpu=SERVER_CPU)
                     time.sleep(1.0)
                     server = Server(name, netns, ECHO_ADDRESS, proc.pid)
@@ -129,6 +208,8 @@ def main() -> None:
                 else:
                     parser.error(f"unknown server {name}")
                 measure(server, queries, args.seconds)
+                if name in FORWARDING:
+                    (lab.workdir / f"miss-{run}.txt").unlink()
 
 
 if __name__ == "__main__":

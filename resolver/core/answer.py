@@ -122,6 +122,13 @@ def respond(
     return _general(wire, view, cache, now, transport)
 
 
+def respond_general(
+    wire: bytes, view: View, cache: ForwardCache | None, now: float, transport: Transport = "udp"
+) -> Action:
+    """`respond` for a query the fast paths already passed over (the UDP listener tries them inline)."""
+    return _general(wire, view, cache, now, transport)
+
+
 def _general(wire: bytes, view: View, cache: ForwardCache | None, now: float, transport: Transport) -> Action:
     if len(wire) < 12:
         return Drop("shorter than a DNS header")

@@ -23,6 +23,8 @@ from resolver.core.actions import Forward
 
 UPSTREAM_PAYLOAD = 1232
 RETRY_RCODES = frozenset({w.SERVFAIL, w.REFUSED, w.NOTIMP, w.FORMERR})
+_UPSTREAM_OPT = w.encode_opt(UPSTREAM_PAYLOAD)
+_UPSTREAM_OPT_DO = w.encode_opt(UPSTREAM_PAYLOAD, do=True)
 
 
 class Verdict(Enum):
@@ -35,7 +37,7 @@ def upstream_query(forward: Forward, query_id: int, do: bool) -> bytes:
     """The query sent upstream: our id, RD (and the client's CD), the client's question, our OPT."""
     flags = w.RD | (w.query_flags(forward.query) & w.CD)
     header = struct.pack("!HHHHHH", query_id, flags, 1, 0, 0, 1)
-    return header + forward.question + w.encode_opt(UPSTREAM_PAYLOAD, do=do)
+    return header + forward.question + (_UPSTREAM_OPT_DO if do else _UPSTREAM_OPT)
 
 
 def matches(reply: bytes, query_id: int, question: bytes) -> bool:

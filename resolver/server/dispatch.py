@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from resolver.core import wire as w
 from resolver.core.actions import Drop, Forward, Reply
-from resolver.core.answer import ForwardCache, Transport, respond
+from resolver.core.answer import ForwardCache, Transport, respond, respond_general
 from resolver.core.forward import servfail
 from resolver.registry.names import key_text
 from resolver.registry.view import View
@@ -77,12 +77,21 @@ class Dispatcher:
         self.clock = clock
 
     def answer(
-        self, wire: bytes, view: View, transport: Transport, send: Callable[[bytes], None], tasks: set
+        self,
+        wire: bytes,
+        view: View,
+        transport: Transport,
+        send: Callable[[bytes], None],
+        tasks: set,
+        fast_paths_tried: bool = False,
     ) -> asyncio.Future | None:
-        """Answer `wire` through `send`, now (returns None) or from a task added to `tasks` (returned)."""
+        """Answer `wire` through `send`, now (returns None) or from a task added to `tasks` (returned).
+        `fast_paths_tried`: the caller already looked for a prepared answer, go straight to the rest."""
         started = self.clock()
         try:
-            action = respond(wire, view, self.cache, time.time(), transport)
+            action = (respond_general if fast_paths_tried else respond)(
+                wire, view, self.cache, time.time(), transport
+            )
         except Exception:
             log.exception("internal error answering a query from %s", view.sandbox)
             if len(wire) >= 12:

@@ -74,8 +74,8 @@ class UdpAttempt:
         "finished",
         "forward",
         "forwarder",
+        "future",
         "key",
-        "pending",
         "query_id",
         "sandbox",
         "sock",
@@ -88,7 +88,6 @@ class UdpAttempt:
         sandbox: str,
         candidates: Sequence[Upstream],
         key: tuple,
-        pending: asyncio.Future[bytes | None],
         deliver: Deliver,
         sock: socket.socket,
     ) -> None:
@@ -97,7 +96,7 @@ class UdpAttempt:
         self.sandbox = sandbox
         self.candidates = candidates
         self.key = key
-        self.pending = pending
+        self.future: asyncio.Future[bytes | None] | None = None
         self.deliver = deliver
         self.sock = sock
         self.fd = sock.fileno()
@@ -121,6 +120,13 @@ class UdpAttempt:
 
     def done(self) -> bool:
         return self.finished
+
+    def shared(self) -> asyncio.Future[bytes | None]:
+        """A future for an identical question that came while this one is in flight: it gets the
+        upstream reply (None if every server failed)."""
+        if self.future is None:
+            self.future = self.forwarder.watch().loop.create_future()
+        return self.future
 
     def set_result(self, _result: None) -> None:
         """The socket is readable."""
@@ -184,7 +190,9 @@ class Forwarder:
         self.total = 0
         self.per_sandbox: dict[str, int] = {}
         self.upstream_queries = 0
-        self._inflight: dict[tuple, asyncio.Future[bytes | None]] = {}
+        self._inflight: dict[tuple, asyncio.Future[bytes | None] | UdpAttempt] = {}
+        """The exchange each question in flight waits for: a task's future, or a callback attempt
+        (which makes a future only when a second asker comes)."""
         self._watch: ReplyWatch | None = None
 
     def reconfigure(self, settings: Settings) -> None:
@@ -253,10 +261,8 @@ class Forwarder:
         else:
             sock = plain_socket(upstream, socket.SOCK_DGRAM)
         self._enter(sandbox)
-        pending = self._inflight[key] = (
-            self.watch().loop.create_future()
-        )  # no getpid, as get_running_loop does
-        UdpAttempt(self, forward, sandbox, candidates, key, pending, deliver, sock).send()
+        attempt = self._inflight[key] = UdpAttempt(self, forward, sandbox, candidates, key, deliver, sock)
+        attempt.send()
         return True
 
     async def resolve(self, forward: Forward, sandbox: str, tcp: bool) -> tuple[bytes, str]:
@@ -270,7 +276,8 @@ class Forwarder:
             key = (forward.scope, forward.key, forward.qtype, forward.do, tcp)
             pending = self._inflight.get(key)
             if pending is not None:  # an identical question is in flight: share its answer
-                return client_reply(forward, await asyncio.shield(pending), None)
+                shared = pending.shared() if isinstance(pending, UdpAttempt) else pending
+                return client_reply(forward, await asyncio.shield(shared), None)
             pending = self._inflight[key] = asyncio.get_running_loop().create_future()
             fetched = None
             try:
@@ -281,10 +288,14 @@ class Forwarder:
         finally:
             self._leave(sandbox)
 
-    def _release(self, key: tuple, pending: asyncio.Future[bytes | None], fetched: Fetched | None) -> None:
+    def _release(
+        self, key: tuple, pending: asyncio.Future[bytes | None] | UdpAttempt, fetched: Fetched | None
+    ) -> None:
         """The leader of `key` is done: later askers start their own exchange, waiters get the reply."""
         del self._inflight[key]
-        pending.set_result(None if fetched is None else fetched[0])
+        shared = pending.future if isinstance(pending, UdpAttempt) else pending
+        if shared is not None:
+            shared.set_result(None if fetched is None else fetched[0])
 
     async def resume(
         self, attempt: UdpAttempt, first: bytes | UpstreamError | None, skip_first: bool
@@ -299,7 +310,7 @@ class Forwarder:
             log.exception("internal error forwarding a query from %s", attempt.sandbox)
             failed = (fw.servfail(attempt.forward), "error")
         finally:
-            self._release(attempt.key, attempt.pending, fetched)
+            self._release(attempt.key, attempt, fetched)
             self._leave(attempt.sandbox)
         attempt.deliver(*(failed or client_reply(attempt.forward, *(fetched or (None, None)))))
 
@@ -307,7 +318,7 @@ class Forwarder:
         """A callback attempt's first server answered: cache, release waiters, reply."""
         if self.cache is not None:
             self.cache.store(attempt.forward, reply, time.time())
-        self._release(attempt.key, attempt.pending, (reply, relayed))
+        self._release(attempt.key, attempt, (reply, relayed))
         self._leave(attempt.sandbox)
         attempt.deliver(relayed, "upstream")
 

@@ -78,7 +78,7 @@ class UdpListener(asyncio.DatagramProtocol):
             if not transport.is_closing():  # type: ignore[union-attr]
                 transport.sendto(wire, addr)  # type: ignore[union-attr]
 
-        site.dispatcher.answer(data, view, "udp", send, site.tasks)
+        site.dispatcher.answer(data, view, "udp", send, site.tasks, fast_paths_tried=True)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error in %s: %s", self.site.sandbox, exc)

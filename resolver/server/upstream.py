@@ -125,6 +125,8 @@ class SocketPool:
         self.batch = batch
         self.max_batch = max_batch
         self._batch: dict[PoolKey, int] = {}
+        self._hungry: set[PoolKey] = set()
+        """Keys a query found empty since their last refill started."""
         self._spare: dict[PoolKey, list[socket.socket]] = {}
         self._refills: dict[PoolKey, asyncio.Future[None]] = {}
         self._stale: set[PoolKey] = set()
@@ -171,13 +173,15 @@ class SocketPool:
             await asyncio.shield(self._refill(key))
 
     def _starved(self, key: PoolKey) -> None:
-        """A query found no socket: the next refill of `key` makes twice as many (once per refill)."""
-        if key not in self._refills:
-            self._batch[key] = min(self.max_batch, 2 * self._batch.get(key, self.batch // 2))
+        """A query found no socket: the next refill of `key` makes twice as many."""
+        self._hungry.add(key)
 
     def _refill(self, key: PoolKey) -> asyncio.Future[None]:
         pending = self._refills.get(key)
         if pending is None:
+            if key in self._hungry:
+                self._hungry.discard(key)
+                self._batch[key] = min(self.max_batch, 2 * self._batch.get(key, self.batch))
             pending = self._refills[key] = asyncio.ensure_future(self._make(key))
             pending.add_done_callback(_consume_error)
         return pending
@@ -202,6 +206,7 @@ class SocketPool:
         self._factories.pop(sandbox, None)
         for key in [k for k in self._batch if k[0] == sandbox]:
             del self._batch[key]
+        self._hungry = {k for k in self._hungry if k[0] != sandbox}
         for key in [k for k in self._spare if k[0] == sandbox]:
             for sock in self._spare.pop(key):
                 sock.close()
