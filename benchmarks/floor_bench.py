@@ -115,13 +115,13 @@ UP = ("127.0.0.61", 53)
 class Up(asyncio.DatagramProtocol):
     def __init__(self, clients): self.clients = clients
     def datagram_received(self, d, a):
-        client = self.clients.pop(d[:2] + d[12:], None)
+        client = self.clients.pop(d[:2], None)
         if client: client[0].sendto(d, client[1])
 class P(asyncio.DatagramProtocol):
     def __init__(self, up, clients): self.up, self.clients = up, clients
     def connection_made(self, t): self.t = t
     def datagram_received(self, d, a):
-        self.clients[d[:2] + d[12:]] = (self.t, a)
+        self.clients[d[:2]] = (self.t, a)
         self.up.sendto(d)
 async def main():
     loop = asyncio.get_running_loop()
