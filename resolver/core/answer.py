@@ -190,9 +190,7 @@ def _answer(
     do = reply.edns.do if reply.edns else False
     cached = cache.lookup((view.scope, question.key, question.qtype, do), now) if cache is not None else None
     if cached is not None:
-        if edns is None and _plain(wire) and cached.plain_size(len(question.wire)) <= PLAIN_UDP_LIMIT:
-            _remember_cached(view, question, cached)
-        return reply.cached(cached.answer(now))
+        return _from_cache(wire, question, edns is None, view, cached, reply, now)
     if not view.upstreams:
         return reply.error(w.SERVFAIL, "no-upstream")
     return Forward(
@@ -206,6 +204,49 @@ def _answer(
         do=do,
         scope=view.scope,
     )
+
+
+def _from_cache(
+    wire: bytes,
+    question: w.Question,
+    no_edns: bool,
+    view: View,
+    cached: Entry,
+    reply: _Replier,
+    now: float,
+) -> Reply:
+    if no_edns and _plain(wire) and cached.plain_size(len(question.wire)) <= PLAIN_UDP_LIMIT:
+        _remember_cached(view, question, cached)
+    return reply.cached(cached.answer(now))
+
+
+_NOT_FORWARDED_TYPES = frozenset({w.AXFR, w.IXFR, w.OPT, w.MAILA, w.MAILB})
+
+
+def forward_plain(wire: bytes, view: View, cache: ForwardCache | None, now: float) -> Action | None:
+    """What `respond` gives a plain query over UDP (see `_plain`) that the fast paths did not answer,
+    when that is a Forward or a cached answer, by a shorter road: no general parse, no replier unless
+    the cache answers. None: anything else (a local name, an error, an internal sandbox), which the
+    general path then decides. A property test holds this to `respond`, action for action."""
+    if not _plain(wire):
+        return None
+    try:
+        end = w.read_name(wire, 12)
+    except w.WireError:
+        return None
+    qtype = (wire[end] << 8) | wire[end + 1] if end + 4 == len(wire) else w.AXFR
+    table = view.table
+    if qtype in _NOT_FORWARDED_TYPES or not table.may_forward or not view.upstreams:
+        return None
+    key = wire[12:end].lower()
+    if prepared(table, key, qtype) is not None:
+        return None
+    cached = cache.lookup((view.scope, key, qtype, False), now) if cache is not None else None
+    if cached is not None:
+        question = w.Question(wire[12:], wire[12:end], key, qtype, w.CLASS_IN, end + 4)
+        reply = _Replier(wire, w.query_flags(wire), question, None, "udp", True)
+        return _from_cache(wire, question, True, view, cached, reply, now)
+    return Forward(wire, wire[12:], key, qtype, view.upstreams, PLAIN_UDP_LIMIT, False, False, view.scope)
 
 
 class _Replier:

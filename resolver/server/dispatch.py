@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from resolver.core import wire as w
-from resolver.core.actions import Drop, Forward, Reply
+from resolver.core.actions import Action, Drop, Forward, Reply
 from resolver.core.answer import ForwardCache, Transport, respond, respond_general
 from resolver.core.forward import servfail
 from resolver.registry.names import key_text
@@ -84,12 +84,14 @@ class Dispatcher:
         send: Callable[[bytes], None],
         tasks: set,
         fast_paths_tried: bool = False,
+        decided: Action | None = None,
     ) -> asyncio.Future | None:
         """Answer `wire` through `send`, now (returns None) or from a task added to `tasks` (returned).
-        `fast_paths_tried`: the caller already looked for a prepared answer, go straight to the rest."""
+        `fast_paths_tried`: the caller already looked for a prepared answer, go straight to the rest;
+        `decided`: the caller already has the core's action for `wire`."""
         started = self.clock()
         try:
-            action = (respond_general if fast_paths_tried else respond)(
+            action = decided or (respond_general if fast_paths_tried else respond)(
                 wire, view, self.cache, time.time(), transport
             )
         except Exception:

@@ -41,6 +41,8 @@ MAX_PROBES = 120
 """After this many failed probes the server is tried by queries again (its sandbox may be gone)."""
 
 
+TC_BYTE = 0x02
+"""TC in the third header octet."""
 Deliver = Callable[[bytes, str], None]
 """Takes the client's reply to a forwarded query and its outcome label."""
 Fetched = tuple[bytes, bytes]
@@ -140,12 +142,15 @@ class UdpAttempt:
                 False,
             )
             return
-        if not fw.matches(data, self.query_id, self.forward.question):
-            self.forwarder.watch().wait(self.fd, self, False, self.deadline)
-            return
-        self._close()
         forwarder = self.forwarder
-        if fw.verdict(data) is fw.Verdict.TRUNCATED:
+        watch = forwarder.watch()
+        if not fw.matches(data, self.query_id, self.forward.question):
+            watch.wait(self.fd, self, False, self.deadline)
+            return
+        self.finished = True
+        watch.forget(self.fd)
+        self.sock.close()
+        if data[2] & TC_BYTE:
             forwarder.hand_over(self, data, False)
             return
         relayed = forwarder.judge(self.forward, self.sandbox, self.candidates[0], data)
@@ -247,12 +252,16 @@ class Forwarder:
         """Forward a query that came over UDP on callbacks, without a task, when nothing stands in the
         way: no limit reached, no identical question in flight, a socket ready. `deliver(reply,
         outcome)` gets the client's reply. False: nothing was started, take `resolve`."""
-        if self.over_limit(sandbox) is not None:
+        settings = self.settings
+        in_sandbox = self.per_sandbox.get(sandbox, 0)
+        if self.total >= settings.limits_inflight_total or in_sandbox >= settings.limits_inflight_per_sandbox:
             return False
         key = (forward.scope, forward.key, forward.qtype, forward.do, False)
         if key in self._inflight:
             return False
-        candidates = self._candidates(forward, sandbox)
+        candidates = self._candidates(forward, sandbox) if self.health.any_down() else forward.upstreams
+        if len(candidates) > settings.upstream_max_attempts:
+            candidates = candidates[: max(1, settings.upstream_max_attempts)]
         upstream = candidates[0]
         if upstream.from_sandbox:
             sock = self.take_socket(sandbox, upstream) if self.take_socket is not None else None
@@ -260,7 +269,8 @@ class Forwarder:
                 return False
         else:
             sock = plain_socket(upstream, socket.SOCK_DGRAM)
-        self._enter(sandbox)
+        self.total += 1
+        self.per_sandbox[sandbox] = in_sandbox + 1
         attempt = self._inflight[key] = UdpAttempt(self, forward, sandbox, candidates, key, deliver, sock)
         attempt.send()
         return True
@@ -318,7 +328,9 @@ class Forwarder:
         """A callback attempt's first server answered: cache, release waiters, reply."""
         if self.cache is not None:
             self.cache.store(attempt.forward, reply, time.time())
-        self._release(attempt.key, attempt, (reply, relayed))
+        del self._inflight[attempt.key]
+        if attempt.future is not None:
+            attempt.future.set_result(reply)
         self._leave(attempt.sandbox)
         attempt.deliver(relayed, "upstream")
 

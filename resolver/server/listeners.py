@@ -18,7 +18,7 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
-from resolver.core.answer import fast_cached_reply, fast_entry
+from resolver.core.answer import fast_cached_reply, fast_entry, forward_plain
 from resolver.core.local import learn_exact
 from resolver.server.metrics import FastCounts
 
@@ -66,8 +66,9 @@ class UdpListener(asyncio.DatagramProtocol):
             self.local_counts[learn_exact(data, view.table, entry)] += 1
             self.transport.sendto(entry.fast_reply(data), addr)  # type: ignore[union-attr]
             return
+        now = _now()
         if view.cached:
-            reply = fast_cached_reply(data, view, time.time())
+            reply = fast_cached_reply(data, view, now)
             if reply is not None:
                 self.counts.cached[data[-4:-2]] += 1
                 self.transport.sendto(reply, addr)  # type: ignore[union-attr]
@@ -78,7 +79,9 @@ class UdpListener(asyncio.DatagramProtocol):
             if not transport.is_closing():  # type: ignore[union-attr]
                 transport.sendto(wire, addr)  # type: ignore[union-attr]
 
-        site.dispatcher.answer(data, view, "udp", send, site.tasks, fast_paths_tried=True)
+        dispatcher = site.dispatcher
+        decided = forward_plain(data, view, dispatcher.cache, now)
+        dispatcher.answer(data, view, "udp", send, site.tasks, fast_paths_tried=True, decided=decided)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error in %s: %s", self.site.sandbox, exc)

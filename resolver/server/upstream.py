@@ -71,9 +71,8 @@ def plain_socket(upstream: Upstream, kind: int) -> socket.socket:
 
 
 def _new_socket(family: socket.AddressFamily, kind: int) -> socket.socket:
-    sock = socket.socket(family, kind)
-    sock.setblocking(False)
-    return sock
+    """A non-blocking socket in one system call (SOCK_NONBLOCK instead of a later ioctl)."""
+    return socket.socket(family, kind | socket.SOCK_NONBLOCK)
 
 
 _libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
@@ -236,6 +235,9 @@ class Health:
 
     def __init__(self) -> None:
         self._down: set[ServerKey] = set()
+
+    def any_down(self) -> bool:
+        return bool(self._down)
 
     def order(self, upstreams: tuple[Upstream, ...], sandbox: str) -> Sequence[Upstream]:
         if not self._down:
