@@ -5,6 +5,11 @@ Rules: in-flight forwarded queries are bounded per sandbox and in total; past a 
 SERVFAIL at once and the event is counted. Identical questions in flight (same upstream scope, name,
 type, DO, transport) share one upstream query. Servers are tried in order (those marked down last);
 SERVFAIL/REFUSED/NOTIMP/FORMERR or a timeout moves on to the next; all failed gives SERVFAIL.
+
+A query that came over UDP runs on callbacks (`UdpAttempt`, no task) as long as its first server
+answers it plainly; truncation, an error rcode, a timeout or a socket error hand it to the coroutine
+path, which goes on from there (TCP retry, next server, probes) rather than starting over. Both paths
+share the limits, the coalescing and the cache.
 """
 
 from __future__ import annotations
