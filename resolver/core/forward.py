@@ -25,6 +25,8 @@ UPSTREAM_PAYLOAD = 1232
 RETRY_RCODES = frozenset({w.SERVFAIL, w.REFUSED, w.NOTIMP, w.FORMERR})
 _UPSTREAM_OPT = w.encode_opt(UPSTREAM_PAYLOAD)
 _UPSTREAM_OPT_DO = w.encode_opt(UPSTREAM_PAYLOAD, do=True)
+_CLIENT_OPT = w.encode_opt()
+_CLIENT_OPT_DO = w.encode_opt(do=True)
 
 
 class Verdict(Enum):
@@ -90,8 +92,8 @@ def _splice(reply: bytes, forward: Forward) -> bytes | None:
     if opt_start is not None and struct.unpack_from("!I", reply, opt_start + 5)[0] >> 24:
         return None
     body = reply[start : end if opt_start is None else opt_start]
-    opt = w.encode_opt(do=forward.do) if forward.edns else b""
-    client_rd = w.query_flags(forward.query) & w.RD
+    opt = (_CLIENT_OPT_DO if forward.do else _CLIENT_OPT) if forward.edns else b""
+    client_rd = (forward.query[2] & 0x01) << 8  # RD, in the query's third octet
     new_flags = (flags & (w.AD | w.CD | 0x000F)) | w.QR | w.RA | client_rd
     additional = arcount - (opt_start is not None) + bool(opt)
     if not 0 <= additional <= 0xFFFF:
@@ -107,14 +109,15 @@ def _walk_records(reply: bytes, offset: int, before_additional: int, arcount: in
     with no additional records once made the additional count -1)."""
     opt_start = None
     total = before_additional + arcount
+    size = len(reply)
     for index in range(total):
         record = offset
         offset = w.skip_name(reply, offset)
-        if offset + 10 > len(reply):
+        if offset + 10 > size:
             raise w.WireError("record cut short")
         rtype = (reply[offset] << 8) | reply[offset + 1]
         offset += 10 + ((reply[offset + 8] << 8) | reply[offset + 9])
-        if offset > len(reply):
+        if offset > size:
             raise w.WireError("record data runs past the end")
         if rtype == w.OPT:
             if index != total - 1 or index < before_additional or reply[record] != 0:
