@@ -234,7 +234,9 @@ def forward_plain(wire: bytes, view: View, cache: ForwardCache | None, now: floa
         end = w.read_name(wire, 12)
     except w.WireError:
         return None
-    qtype = (wire[end] << 8) | wire[end + 1] if end + 4 == len(wire) else w.AXFR
+    if end + 4 != len(wire):
+        return None
+    qtype = (wire[end] << 8) | wire[end + 1]
     table = view.table
     if qtype in _NOT_FORWARDED_TYPES or not table.may_forward or not view.upstreams:
         return None

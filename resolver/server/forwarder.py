@@ -148,13 +148,10 @@ class UdpAttempt:
             )
             return
         forwarder = self.forwarder
-        watch = forwarder.watch()
         if not fw.matches(data, self.query_id, self.forward.question):
-            watch.wait(self.fd, self, False, self.deadline)
+            forwarder.watch().wait(self.fd, self, False, self.deadline)
             return
-        self.finished = True
-        watch.forget(self.fd)
-        self.sock.close()
+        self._close()
         if data[2] & TC_BYTE:
             forwarder.hand_over(self, data, False)
             return
@@ -251,22 +248,20 @@ class Forwarder:
         return self.per_sandbox.get(sandbox, 0)
 
     def _candidates(self, forward: Forward, sandbox: str) -> Sequence[Upstream]:
-        return self.health.order(forward.upstreams, sandbox)[: max(1, self.settings.upstream_max_attempts)]
+        ordered = self.health.order(forward.upstreams, sandbox)
+        attempts = self.settings.upstream_max_attempts
+        return ordered if len(ordered) <= attempts else ordered[: max(1, attempts)]
 
     def start_udp(self, forward: Forward, sandbox: str, deliver: Deliver) -> bool:
         """Forward a query that came over UDP on callbacks, without a task, when nothing stands in the
         way: no limit reached, no identical question in flight, a socket ready. `deliver(reply,
         outcome)` gets the client's reply. False: nothing was started, take `resolve`."""
-        settings = self.settings
-        in_sandbox = self.per_sandbox.get(sandbox, 0)
-        if self.total >= settings.limits_inflight_total or in_sandbox >= settings.limits_inflight_per_sandbox:
+        if self.over_limit(sandbox) is not None:
             return False
         key = (forward.scope, forward.key, forward.qtype, forward.do, False)
         if key in self._inflight:
             return False
-        candidates = self._candidates(forward, sandbox) if self.health.any_down() else forward.upstreams
-        if len(candidates) > settings.upstream_max_attempts:
-            candidates = candidates[: max(1, settings.upstream_max_attempts)]
+        candidates = self._candidates(forward, sandbox)
         upstream = candidates[0]
         if upstream.from_sandbox:
             sock = self.take_socket(sandbox, upstream) if self.take_socket is not None else None
@@ -274,8 +269,7 @@ class Forwarder:
                 return False
         else:
             sock = plain_socket(upstream, socket.SOCK_DGRAM)
-        self.total += 1
-        self.per_sandbox[sandbox] = in_sandbox + 1
+        self._enter(sandbox)
         attempt = self._inflight[key] = UdpAttempt(self, forward, sandbox, candidates, key, deliver, sock)
         attempt.send()
         return True
@@ -333,9 +327,7 @@ class Forwarder:
         """A callback attempt's first server answered: cache, release waiters, reply."""
         if self.cache is not None:
             self.cache.store(attempt.forward, reply, time.time())
-        del self._inflight[attempt.key]
-        if attempt.future is not None:
-            attempt.future.set_result(reply)
+        self._release(attempt.key, attempt, (reply, relayed))
         self._leave(attempt.sandbox)
         attempt.deliver(relayed, "upstream")
 

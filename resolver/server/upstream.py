@@ -236,9 +236,6 @@ class Health:
     def __init__(self) -> None:
         self._down: set[ServerKey] = set()
 
-    def any_down(self) -> bool:
-        return bool(self._down)
-
     def order(self, upstreams: tuple[Upstream, ...], sandbox: str) -> Sequence[Upstream]:
         if not self._down:
             return upstreams
