@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -35,9 +36,11 @@ from resolver.server.upstream import (
     SocketFactory,
     UpstreamError,
     ask,
+    connect_fd,
     next_query_id,
     plain_socket,
     probe_query,
+    raw_socket,
     upstream_error,
 )
 
@@ -71,7 +74,8 @@ class UdpAttempt:
     """The first server's exchange of a query forwarded over UDP, driven by `ReplyWatch` callbacks
     instead of a task: send, wait for the matching datagram, and either finish (the server answered)
     or hand the rest to the forwarder's coroutine path (truncation, an error rcode, a timeout, a socket
-    error). The socket is used once and closed either way; the id is fresh (RFC 5452)."""
+    error). The socket is a bare descriptor, used once and closed either way; the id is fresh (RFC
+    5452)."""
 
     __slots__ = (
         "candidates",
@@ -85,7 +89,6 @@ class UdpAttempt:
         "key",
         "query_id",
         "sandbox",
-        "sock",
     )
 
     def __init__(
@@ -96,7 +99,7 @@ class UdpAttempt:
         candidates: Sequence[Upstream],
         key: tuple,
         deliver: Deliver,
-        sock: socket.socket,
+        fd: int,
     ) -> None:
         self.forwarder = forwarder
         self.forward = forward
@@ -105,8 +108,7 @@ class UdpAttempt:
         self.key = key
         self.future: asyncio.Future[bytes | None] | None = None
         self.deliver = deliver
-        self.sock = sock
-        self.fd = sock.fileno()
+        self.fd = fd
         self.finished = False
         self.deadline = 0.0
         self.query_id = next_query_id()
@@ -116,8 +118,8 @@ class UdpAttempt:
         upstream = self.candidates[0]
         forwarder.upstream_queries += 1
         try:
-            self.sock.connect((upstream.address, upstream.port))
-            self.sock.send(fw.upstream_query(self.forward, self.query_id, self.forward.do))
+            connect_fd(self.fd, upstream)
+            os.write(self.fd, fw.upstream_query(self.forward, self.query_id, self.forward.do))
         except OSError as exc:
             self._give_up(upstream_error(exc, upstream, "UDP", forwarder.settings.upstream_timeout), False)
             return
@@ -138,7 +140,7 @@ class UdpAttempt:
     def set_result(self, _result: None) -> None:
         """The socket is readable."""
         try:
-            data = self.sock.recv(UPSTREAM_RECEIVE_SIZE)
+            data = os.read(self.fd, UPSTREAM_RECEIVE_SIZE)
         except BlockingIOError:
             data = b""
         except OSError as exc:
@@ -173,7 +175,7 @@ class UdpAttempt:
     def _close(self) -> None:
         self.finished = True
         self.forwarder.watch().forget(self.fd)
-        self.sock.close()
+        os.close(self.fd)
 
 
 class Forwarder:
@@ -183,13 +185,13 @@ class Forwarder:
         metrics: Metrics,
         sandbox_sockets: Callable[[str], SocketFactory],
         cache: Any = None,
-        take_socket: Callable[[str, Upstream], socket.socket | None] | None = None,
+        take_socket: Callable[[str, Upstream], int | None] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.sandbox_sockets = sandbox_sockets
         self.take_socket = take_socket
-        """A ready socket made in a sandbox, or None (the callback path then steps aside)."""
+        """A ready socket descriptor made in a sandbox, or None (the callback path then steps aside)."""
         self._resumed: set[asyncio.Task[None]] = set()
         self.cache = cache
         self.health = Health()
@@ -264,13 +266,13 @@ class Forwarder:
         candidates = self._candidates(forward, sandbox)
         upstream = candidates[0]
         if upstream.from_sandbox:
-            sock = self.take_socket(sandbox, upstream) if self.take_socket is not None else None
-            if sock is None:
+            fd = self.take_socket(sandbox, upstream) if self.take_socket is not None else None
+            if fd is None:
                 return False
         else:
-            sock = plain_socket(upstream, socket.SOCK_DGRAM)
+            fd = raw_socket(upstream, socket.SOCK_DGRAM)
         self._enter(sandbox)
-        attempt = self._inflight[key] = UdpAttempt(self, forward, sandbox, candidates, key, deliver, sock)
+        attempt = self._inflight[key] = UdpAttempt(self, forward, sandbox, candidates, key, deliver, fd)
         attempt.send()
         return True
 
