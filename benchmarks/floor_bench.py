@@ -19,14 +19,19 @@ namespace, pinned to the server core like the forwarders of `python -m benchmark
   fwd-daemon   this project, forwarding (cache on, every name new)
   fwd-dnsmasq  dnsmasq 2.90 with cache-size=0
 
-Run as root:  .venv/bin/python -m benchmarks.floor_bench [--seconds 8] [servers...]
+Run as root:  .venv/bin/python -m benchmarks.floor_bench [--seconds 8] [--syscalls] [servers...]
    forwarding: .venv/bin/python -m benchmarks.floor_bench fwd-fresh fwd-shared fwd-daemon fwd-dnsmasq
+
+--syscalls also counts the server's system calls per answered query by name (`perf stat` on the
+syscalls:sys_enter_* tracepoints, Debian's linux-perf; the counting costs the server a little).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,9 +155,42 @@ def task_times(pid: int) -> tuple[float, float, float]:
     return user, system, run
 
 
-def measure(server: Server, queries: Path, seconds: float) -> None:
+SYSCALLS = [
+    "socket",
+    "connect",
+    "bind",
+    "close",
+    "sendto",
+    "sendmsg",
+    "sendmmsg",
+    "recvfrom",
+    "recvmsg",
+    "recvmmsg",
+    "read",
+    "write",
+    "poll",
+    "ppoll",
+    "select",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_ctl",
+    "futex",
+    "ioctl",
+    "getsockname",
+    "setsockopt",
+    "sched_yield",
+]
+"""The calls `--syscalls` counts: everything a DNS server's datagram path makes."""
+
+
+def measure(server: Server, queries: Path, seconds: float, syscalls: bool = False) -> None:
     before = task_times(server.pid)
-    result = load.throughput(server, queries, seconds)
+    counts_file = queries.parent / f"perf-{server.label}.txt"
+    counter = _count_syscalls(server.pid, counts_file) if syscalls else None
+    try:
+        result = load.throughput(server, queries, seconds)
+    finally:
+        counts = _counted(counter, counts_file) if counter is not None else {}
     after = task_times(server.pid)
     n = max(result.completed, 1)
     user, system, run = (1e6 * (a - b) / n for a, b in zip(after, before, strict=True))
@@ -161,6 +199,31 @@ def measure(server: Server, queries: Path, seconds: float) -> None:
         f"CPU/query {run:5.1f} us (user {user:4.1f}, sys {system:4.1f})",
         flush=True,
     )
+    if counts:
+        per_query = {name: count / n for name, count in counts.items() if count / n >= 0.01}
+        listed = ", ".join(f"{name} {value:.2f}" for name, value in sorted(per_query.items()))
+        print(f"{'':<12}system calls per query: {sum(per_query.values()):.2f} ({listed})", flush=True)
+
+
+def _count_syscalls(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
+    command = ["perf", "stat", "-x,", "-e", events, "-p", str(pid), "-o", str(out)]
+    counter = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # perf attaches before the load starts
+    return counter
+
+
+def _counted(counter: subprocess.Popen[bytes], out: Path) -> dict[str, int]:
+    """The counts `perf stat` wrote when interrupted: name -> calls."""
+    counter.send_signal(2)
+    counter.wait(timeout=30)
+    counts = {}
+    for line in out.read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].isdigit():
+            counts[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+    out.unlink()
+    return counts
 
 
 def main() -> None:
@@ -170,7 +233,10 @@ def main() -> None:
     parser.add_argument("servers", nargs="*", default=["blocking", "uvloop", "reader", "daemon", "dnsmasq"])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--names", type=int, default=1000)
+    parser.add_argument("--syscalls", action="store_true", help="count system calls per query (perf)")
     args = parser.parse_args()
+    if args.syscalls and shutil.which("perf") is None:
+        parser.error("--syscalls needs perf (apt-get install linux-perf)")
     with tempfile.TemporaryDirectory() as tmp, Lab(Path(tmp)) as lab:
         netns = lab.add_namespaces(1)[0]
         eps = dataset.endpoints(args.names)
@@ -207,7 +273,7 @@ def main() -> None:
                     server.label = name
                 else:
                     parser.error(f"unknown server {name}")
-                measure(server, queries, args.seconds)
+                measure(server, queries, args.seconds, args.syscalls)
                 if name in FORWARDING:
                     (lab.workdir / f"miss-{run}.txt").unlink()
 
