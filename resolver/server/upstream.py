@@ -65,16 +65,6 @@ next_query_id: Callable[[], int] = _query_ids.next
 """A fresh unpredictable query id (RFC 5452)."""
 
 
-def plain_socket(upstream: Upstream, kind: int) -> socket.socket:
-    """A non-blocking socket in the calling thread's namespace."""
-    return _new_socket(_family(upstream.address), kind)
-
-
-def _new_socket(family: socket.AddressFamily, kind: int) -> socket.socket:
-    """A non-blocking socket in one system call (SOCK_NONBLOCK instead of a later ioctl)."""
-    return socket.socket(family, kind | socket.SOCK_NONBLOCK)
-
-
 _libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
 _c_socket = _libc_holding_gil.socket
 _c_connect = _libc_holding_gil.connect
@@ -112,6 +102,11 @@ def _new_sockets(family: socket.AddressFamily, kind: int, count: int) -> list[in
 def raw_socket(upstream: Upstream, kind: int) -> int:
     """A non-blocking socket descriptor in the calling thread's namespace (the caller closes it)."""
     return _new_sockets(_family(upstream.address), kind, 1)[0]
+
+
+def plain_socket(upstream: Upstream, kind: int) -> socket.socket:
+    """A non-blocking socket object in the calling thread's namespace."""
+    return wrap(raw_socket(upstream, kind), _family(upstream.address), kind)
 
 
 def wrap(fd: int, family: socket.AddressFamily, kind: int) -> socket.socket:
