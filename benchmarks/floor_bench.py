@@ -45,6 +45,7 @@ from benchmarks.servers import (
     Server,
     dnsmasq_forwarder,
     dnsmasq_local,
+    python_floor_forwarder,
     upstream,
     wait_answering,
 )
@@ -87,30 +88,6 @@ def ready():
         pass
 async def main():
     asyncio.get_running_loop().add_reader(s.fileno(), ready)
-    await asyncio.Event().wait()
-uvloop.run(main())
-""",
-    "fwd-fresh": """
-import asyncio, select, socket, uvloop
-UP = ("127.0.0.61", 53)
-class P(asyncio.DatagramProtocol):
-    def __init__(self, loop):
-        self.ep = select.epoll(); self.waiting = {}
-        loop.add_reader(self.ep.fileno(), self.ready)
-    def connection_made(self, t): self.t = t
-    def datagram_received(self, d, a):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-        s.connect(UP); s.send(d)
-        self.ep.register(s.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
-        self.waiting[s.fileno()] = (s, a)
-    def ready(self):
-        for fd, _ in self.ep.poll(0):
-            s, a = self.waiting.pop(fd)
-            d = s.recv(4096); s.close()
-            self.t.sendto(d, a)
-async def main():
-    loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(lambda: P(loop), local_addr=("127.0.0.13", 53))
     await asyncio.Event().wait()
 uvloop.run(main())
 """,
@@ -254,6 +231,9 @@ def main() -> None:
                     daemon.join("fwd", netns, eps[0], dns=[dataset.UPSTREAM])
                     ready = daemon.server(RESOLVER, netns)
                     server = wait_answering(lab, ready, f"host0.{dataset.HIT_ZONE}", daemon.log)
+                    server.label = name
+                elif name == "fwd-fresh":
+                    server = python_floor_forwarder(lab, netns, ECHO_ADDRESS)
                     server.label = name
                 elif name == "fwd-dnsmasq":
                     server = dnsmasq_forwarder(lab, netns, cache=False)

@@ -5,7 +5,8 @@ the same dnsperf options, in one run, runs interleaved (run 1 of every server, t
             (this daemon, dnsmasq with a hosts file, aardvark-dns 1.4)
   fwd-hit   forwarded names the server has cached (this daemon with its cache, dnsmasq with its cache)
   fwd-miss  forwarded names never asked before, every query goes to the upstream dnsmasq (this daemon
-            with its cache, dnsmasq without cache, aardvark-dns, which has none)
+            with its cache, dnsmasq without cache, aardvark-dns, which has none, and the floor of a Python
+            forwarder with a fresh socket per query, which checks nothing: what per-query ports cost)
   spread    the local load spread over N sandboxes of one daemon, one dnsperf per sandbox, against the
             same N clients all in one sandbox of the same daemon
   tcp       local names over TCP, several queries per connection (aardvark-dns 1.4 has no TCP)
@@ -33,6 +34,7 @@ from benchmarks.servers import (
     aardvark,
     dnsmasq_forwarder,
     dnsmasq_local,
+    python_floor_forwarder,
     upstream,
     wait_answering,
 )
@@ -130,21 +132,25 @@ def tcp(lab: Lab, opts: Options) -> Scenario:
 
 
 @contextlib.contextmanager
-def forwarding_servers(lab: Lab, opts: Options, cache: bool, with_aardvark: bool) -> Iterator[list[Server]]:
+def forwarding_servers(
+    lab: Lab, opts: Options, cache: bool, with_aardvark: bool, with_floor: bool = False
+) -> Iterator[list[Server]]:
     """This daemon (cache on: the default) and a dnsmasq forwarder (cache on or off), each in its own
-    namespace with its own copy of the upstream on the same address."""
+    namespace with its own copy of the upstream on the same address; aardvark-dns and the Python floor
+    forwarder likewise when asked."""
     with lab.scope():
         eps = dataset.endpoints(opts.endpoints)
         hosts = dataset.hosts_file(lab.workdir / "hosts-upstream", eps, dataset.HIT_ZONE)
-        ours, theirs, avk = lab.add_namespaces(3)
-        for netns in (ours, theirs, *([avk] if with_aardvark else [])):
+        ours, theirs, avk, low = lab.add_namespaces(4)
+        for netns in (ours, theirs, *([avk] if with_aardvark else []), *([low] if with_floor else [])):
             upstream(lab, netns, hosts)
         daemon = Daemon(lab, f"fwd-{'hit' if cache else 'miss'}")
         daemon.network("fwd", domain=dataset.DOMAIN)
         daemon.join("fwd", ours, eps[0], dns=[dataset.UPSTREAM])
         ready = wait_answering(lab, daemon.server(RESOLVER, ours), f"host0.{dataset.HIT_ZONE}", daemon.log)
         anchor = dnsmasq_forwarder(lab, theirs, cache)
-        yield [ready, anchor, *([aardvark(lab, avk, eps)] if with_aardvark else [])]
+        others = [*([aardvark(lab, avk, eps)] if with_aardvark else [])]
+        yield [ready, anchor, *others, *([python_floor_forwarder(lab, low)] if with_floor else [])]
 
 
 def forward_hit(lab: Lab, opts: Options) -> Scenario:
@@ -174,7 +180,7 @@ def forward_miss(lab: Lab, opts: Options) -> Scenario:
 
         return make
 
-    with forwarding_servers(lab, opts, cache=False, with_aardvark=True) as servers:
+    with forwarding_servers(lab, opts, cache=False, with_aardvark=True, with_floor=True) as servers:
         rows = compare(servers, opts, miss_file("load", lines), warmup, miss_file("latency", latency_lines))
     for path in files.values():
         path.unlink(missing_ok=True)

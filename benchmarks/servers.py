@@ -30,6 +30,7 @@ DNSMASQ_HOSTS = "dnsmasq (hosts)"
 DNSMASQ_CACHE = "dnsmasq (cache)"
 DNSMASQ_NOCACHE = "dnsmasq (no cache)"
 AARDVARK_LABEL = "aardvark-dns 1.4"
+FLOOR_LABEL = "Python floor (fresh socket per query, no checks)"
 
 
 @dataclass
@@ -182,6 +183,45 @@ def dnsmasq_forwarder(lab: Lab, netns: str, cache: bool) -> Server:
     tag = "cache" if cache else "nocache"
     server = dnsmasq(lab, netns, LISTEN, options, tag, DNSMASQ_CACHE if cache else DNSMASQ_NOCACHE)
     return wait_answering(lab, server, f"host0.{dataset.HIT_ZONE}", f"dnsmasq-{tag}.log")
+
+
+# ---- the floor of a Python forwarder ------------------------------------------------------------------
+
+FRESH_SOCKET_FORWARDER = """
+import asyncio, select, socket, sys, uvloop
+LISTEN, UP = (sys.argv[1], 53), (sys.argv[2], 53)
+class P(asyncio.DatagramProtocol):
+    def __init__(self, loop):
+        self.ep = select.epoll(); self.waiting = {}
+        loop.add_reader(self.ep.fileno(), self.ready)
+    def connection_made(self, t): self.t = t
+    def datagram_received(self, d, a):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        s.connect(UP); s.send(d)
+        self.ep.register(s.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
+        self.waiting[s.fileno()] = (s, a)
+    def ready(self):
+        for fd, _ in self.ep.poll(0):
+            s, a = self.waiting.pop(fd)
+            d = s.recv(4096); s.close()
+            self.t.sendto(d, a)
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(lambda: P(loop), local_addr=LISTEN)
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+"""The least a Python forwarder on uvloop can do with a fresh socket (a new random port) per upstream
+query: socket, connect, send, one-shot epoll, recv, close, reply. It checks nothing and relays the
+upstream's bytes, id included, so it is a floor to read our cache-miss figures against, not a server."""
+
+
+def python_floor_forwarder(lab: Lab, netns: str, listen: str = LISTEN) -> Server:
+    """`FRESH_SOCKET_FORWARDER` on `listen` in `netns`, asking the upstream of that namespace."""
+    command = [sys.executable, "-c", FRESH_SOCKET_FORWARDER, listen, dataset.UPSTREAM]
+    proc = lab.spawn(command, f"floor-{netns}.log", netns, cpu=SERVER_CPU)
+    server = Server(FLOOR_LABEL, netns, listen, proc.pid)
+    return wait_answering(lab, server, f"host0.{dataset.HIT_ZONE}", f"floor-{netns}.log")
 
 
 # ---- aardvark-dns --------------------------------------------------------------------------------------
