@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from resolver.registry.model import Upstream
 
@@ -16,10 +17,11 @@ class Reply:
     outcome: str = "local"
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
+class Forward(NamedTuple):
     """Ask the upstreams. `question` is the question section as the client wrote it (name, type,
-    class); `key` its lower-cased form; `max_size` the largest reply the client accepts."""
+    class); `key` its lower-cased form; `max_size` the largest reply the client accepts. A named tuple
+    rather than a frozen dataclass: one is made per forwarded query, and a frozen dataclass sets each of
+    its nine fields through object.__setattr__ (75 bytecodes per query against about 10)."""
 
     query: bytes
     question: bytes

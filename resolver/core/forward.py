@@ -27,6 +27,13 @@ _UPSTREAM_OPT = w.encode_opt(UPSTREAM_PAYLOAD)
 _UPSTREAM_OPT_DO = w.encode_opt(UPSTREAM_PAYLOAD, do=True)
 _CLIENT_OPT = w.encode_opt()
 _CLIENT_OPT_DO = w.encode_opt(do=True)
+_QUERY_HEADER = struct.Struct("!HHHHHH")
+_ID_FLAGS_QDCOUNT = struct.Struct("!HHH")
+_FLAGS_AND_COUNTS = struct.Struct("!HHHHH")
+_TYPE_AND_RDLENGTH = struct.Struct("!H6xH")
+_RESPONSE_MASK = w.QR | w.OPCODE_MASK
+_RELAYED_FLAGS = w.AD | w.CD | 0x000F
+"""What the client's reply keeps of the upstream's flags: AD, CD and the rcode (QR and RA are set)."""
 
 
 class Verdict(Enum):
@@ -37,19 +44,22 @@ class Verdict(Enum):
 
 def upstream_query(forward: Forward, query_id: int, do: bool) -> bytes:
     """The query sent upstream: our id, RD (and the client's CD), the client's question, our OPT."""
-    flags = w.RD | (w.query_flags(forward.query) & w.CD)
-    header = struct.pack("!HHHHHH", query_id, flags, 1, 0, 0, 1)
+    flags = w.RD | (forward.query[3] & w.CD)  # CD is in the fourth octet
+    header = _QUERY_HEADER.pack(query_id, flags, 1, 0, 0, 1)
     return header + forward.question + (_UPSTREAM_OPT_DO if do else _UPSTREAM_OPT)
 
 
 def matches(reply: bytes, query_id: int, question: bytes) -> bool:
     """True if `reply` answers our query: a QUERY response with our id and the same question."""
-    if len(reply) < 12 + len(question):
+    end = 12 + len(question)
+    if len(reply) < end:
         return False
-    reply_id, flags, qdcount = struct.unpack_from("!HHH", reply, 0)
-    if reply_id != query_id or not flags & w.QR or flags & w.OPCODE_MASK or qdcount != 1:
+    reply_id, flags, qdcount = _ID_FLAGS_QDCOUNT.unpack_from(reply)
+    if reply_id != query_id or flags & _RESPONSE_MASK != w.QR or qdcount != 1:
         return False
-    asked = reply[12 : 12 + len(question)]
+    asked = reply[12:end]
+    if asked == question:  # the usual case: the server echoes the question as sent
+        return True
     name_len = len(question) - 4
     return asked[:name_len].lower() == question[:name_len].lower() and asked[name_len:] == question[name_len:]
 
@@ -82,7 +92,7 @@ def _splice(reply: bytes, forward: Forward) -> bytes | None:
     start = 12 + len(forward.question)
     if len(reply) < start:
         return None
-    flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHHH", reply, 2)
+    flags, qdcount, ancount, nscount, arcount = _FLAGS_AND_COUNTS.unpack_from(reply, 2)
     if qdcount != 1:
         return None
     try:
@@ -94,11 +104,11 @@ def _splice(reply: bytes, forward: Forward) -> bytes | None:
     body = reply[start : end if opt_start is None else opt_start]
     opt = (_CLIENT_OPT_DO if forward.do else _CLIENT_OPT) if forward.edns else b""
     client_rd = (forward.query[2] & 0x01) << 8  # RD, in the query's third octet
-    new_flags = (flags & (w.AD | w.CD | 0x000F)) | w.QR | w.RA | client_rd
+    new_flags = (flags & _RELAYED_FLAGS) | w.QR | w.RA | client_rd
     additional = arcount - (opt_start is not None) + bool(opt)
     if not 0 <= additional <= 0xFFFF:
         return None
-    header = struct.pack("!HHHHH", new_flags, 1, ancount, nscount, additional)
+    header = _FLAGS_AND_COUNTS.pack(new_flags, 1, ancount, nscount, additional)
     message = b"".join((forward.query[:2], header, forward.question, body, opt))
     return message if len(message) <= forward.max_size else None
 
@@ -115,8 +125,8 @@ def _walk_records(reply: bytes, offset: int, before_additional: int, arcount: in
         offset = w.skip_name(reply, offset)
         if offset + 10 > size:
             raise w.WireError("record cut short")
-        rtype = (reply[offset] << 8) | reply[offset + 1]
-        offset += 10 + ((reply[offset + 8] << 8) | reply[offset + 9])
+        rtype, rdlength = _TYPE_AND_RDLENGTH.unpack_from(reply, offset)
+        offset += 10 + rdlength
         if offset > size:
             raise w.WireError("record data runs past the end")
         if rtype == w.OPT:
