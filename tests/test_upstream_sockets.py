@@ -1,6 +1,7 @@
 """The bare upstream descriptors: `_new_sockets` makes non-blocking close-on-exec sockets of the asked
-family and type, and `connect_fd` connects one to the upstream's address (v4, v6, v6 with a scope) as
-socket.connect would, with the errno's OSError kind on failure."""
+family and type and yields to the loop thread every few sockets, and `connect_fd` connects one to the
+upstream's address (v4, v6, v6 with a scope) as socket.connect would, with the errno's OSError kind on
+failure."""
 
 from __future__ import annotations
 
@@ -111,3 +112,26 @@ def test_refused_port_reads_as_connection_refused() -> None:
             os.read(fd, 100)
     finally:
         os.close(fd)
+
+
+def test_a_refill_lets_the_loop_thread_in_every_few_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The namespace worker makes a batch holding the GIL; it must give the GIL and the CPU away every
+    GIL_YIELD_EVERY sockets, or the loop thread stalls for the whole batch (milliseconds at 256)."""
+    from resolver.server import upstream
+
+    made_before_yield: list[int] = []
+    made = 0
+    real_socket = upstream._c_socket
+
+    def counting_socket(*args: int) -> int:
+        nonlocal made
+        made += 1
+        return real_socket(*args)
+
+    monkeypatch.setattr(upstream, "_c_socket", counting_socket)
+    monkeypatch.setattr(upstream.os, "sched_yield", lambda: made_before_yield.append(made))
+    fds = upstream._new_sockets(socket.AF_INET, socket.SOCK_DGRAM, 3 * upstream.GIL_YIELD_EVERY + 5)
+    for fd in fds:
+        os.close(fd)
+    every = upstream.GIL_YIELD_EVERY
+    assert made_before_yield == [every, 2 * every, 3 * every]
